@@ -39,7 +39,7 @@ def zero_fci_scores(
     answer_step: int | None = None,
     *,
     zero_prompt: bool = True,
-    zero_first_response_step: bool = True,
+    zero_first_step: bool = True,
     zero_answer_summary: bool = True,
 ) -> torch.Tensor:
     """Apply SPEC §2's zeroing rules to one response's raw FCI; returns a new tensor.
@@ -56,7 +56,7 @@ def zero_fci_scores(
     scores = step_scores.clone()  # (S,)
     if zero_prompt:
         scores[:1] = 0.0
-    if zero_first_response_step:
+    if zero_first_step:
         scores[1:2] = 0.0
     if zero_answer_summary and answer_step is not None:
         scores[answer_step:] = 0.0

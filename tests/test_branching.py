@@ -53,7 +53,7 @@ def test_zeroing_rules_worked_example():
     assert zero_fci_scores(raw, answer_step=None).tolist() == [0.0, 0.0, 1.0, 5.0, 4.0]
     assert zero_fci_scores(raw, 3, zero_answer_summary=False).tolist() == [0.0, 0.0, 1.0, 5.0, 4.0]
     assert zero_fci_scores(raw, 3, zero_prompt=False).tolist() == [3.0, 0.0, 1.0, 0.0, 0.0]
-    assert zero_fci_scores(raw, 3, zero_first_response_step=False).tolist() == [0.0, 2.0, 1.0, 0.0, 0.0]
+    assert zero_fci_scores(raw, 3, zero_first_step=False).tolist() == [0.0, 2.0, 1.0, 0.0, 0.0]
     assert raw.tolist() == [3.0, 2.0, 1.0, 5.0, 4.0]  # input untouched
 
 
