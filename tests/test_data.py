@@ -158,12 +158,14 @@ def test_splits_are_disjoint_by_construction(train10k, heldout10k):
 
 
 def test_split_of_is_a_stable_hash_of_the_text():
-    text = "Compute 12 + 7."
-    position = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
-    assert split_of(text) == ("heldout" if position < 0.2 else "train") == "train"
-    assert split_of(text, heldout_fraction=0.999) == "heldout"
-    # About heldout_fraction of all level-1 texts are held out (enumerated exhaustively).
+    def position(text):
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+    assert split_of("Compute 12 + 7.") == "train"  # position 0.678
+    assert split_of("Compute 12 + 7.", heldout_fraction=0.7) == "heldout"
+    # The rule, on every level-1 addition text; about heldout_fraction of them are held out.
     texts = [f"Compute {a} + {b}." for a in range(1, 51) for b in range(1, 51)]
+    assert all(split_of(t) == ("heldout" if position(t) < 0.2 else "train") for t in texts)
     share = sum(split_of(t) == "heldout" for t in texts) / len(texts)
     assert 0.18 < share < 0.22
 
