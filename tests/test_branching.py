@@ -186,7 +186,7 @@ def response_views(draw):
     )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     view=response_views(),
     name=st.sampled_from(sorted(["fci", "entropy", "neglogp", "random", "earliest"])),

@@ -10,6 +10,11 @@ from hypothesis import strategies as st
 from attnrl_core.tree import Continuation, InitialResponse, build_tree
 
 
+def assert_close(got, want):
+    """torch.testing.assert_close costs ~1 s on first use; this is all these tests need."""
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-6, atol=1e-6), (got, want)
+
+
 def spec_example(unbranched_rewards=(0.0, 0.0, 0.0)):
     """SPEC §4: a correct response (10 tokens) branched at p1=3 -> {0, 1} and p2=7 -> {1, 1}."""
     branched = InitialResponse(
@@ -76,13 +81,13 @@ def test_spec_worked_example_samples_carry_per_token_advantages():
     original = sample(tree)
     assert original.token_ids.tolist() == list(range(100, 110))
     expected = torch.tensor([adv_a] * 3 + [adv_b] * 4 + [0.5] * 3)
-    torch.testing.assert_close(original.advantages, expected)
+    assert_close(original.advantages, expected)
     wrong = sample(tree, branch_point=3, continuation_index=0)
     assert wrong.token_ids.tolist() == [100, 101, 102, 1, 2]
-    torch.testing.assert_close(wrong.advantages, torch.tensor([adv_a] * 3 + [-1.3] * 2))
+    assert_close(wrong.advantages, torch.tensor([adv_a] * 3 + [-1.3] * 2))
     from_p2 = sample(tree, branch_point=7, continuation_index=1)
     assert from_p2.token_ids.tolist() == list(range(100, 107)) + [7, 8]
-    torch.testing.assert_close(from_p2.advantages, torch.tensor([adv_a] * 3 + [adv_b] * 4 + [0.5] * 2))
+    assert_close(from_p2.advantages, torch.tensor([adv_a] * 3 + [adv_b] * 4 + [0.5] * 2))
     assert all(s.advantages.dtype == torch.float32 and s.token_ids.dtype == torch.long for s in tree.samples)
 
 
@@ -148,7 +153,7 @@ def prompt_groups(draw):
     return responses
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(prompt_groups())
 def test_tree_properties(responses):
     tree = build_tree(responses)
