@@ -66,7 +66,6 @@ PHRASES: tuple[str, ...] = (
 )
 
 SPLITS = ("train", "heldout")
-_OPERATIONS = "+-*/"
 # "a op b = c" with c an integer or a reduced fraction "p/q"; the checking step reuses it.
 _OPERATION_STEP = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+(?:/\d+)?)$")
 
@@ -76,7 +75,8 @@ class Problem:
     """One problem. Synthetic ones carry a level (= number of operations) and a solution;
     loaded ones carry whatever the file gives (level and solution may be None).
 
-    >>> p = Problem("train-s0-0", "Compute 12 + 7.", "19", 1, "12 + 7 = 19\\n\\nThe answer is \\\\boxed{19}")
+    >>> p = Problem("train-s0-0", "Compute 12 + 7.", "19", 1,
+    ...             "12 + 7 = 19\\n\\nThe answer is \\\\boxed{19}")
     >>> p.solution.split("\\n\\n")
     ['12 + 7 = 19', 'The answer is \\\\boxed{19}']
     """
@@ -93,8 +93,8 @@ class MathWorld:
     """The knobs of the synthetic world. With the defaults a 4-operation solution is at most
     158 characters (3-digit values, 2-digit operands, plan + check + fraction all at once) and
     its problem at most 33, short enough for a ~1M-parameter char-level model.
-    The level-1 held-out split holds 851 distinct problems, so `heldout_set` can give up to
-    851 per level.
+    The level-1 held-out split holds 851 distinct problems: `heldout_set` can hold at most that
+    many level-1 problems (levels 2+ have tens of thousands).
 
     number_max: largest starting number / addend / subtrahend, per level (index level-1; levels
         past the tuple use its last entry). Grows with the level: harder levels, bigger numbers.
@@ -116,9 +116,7 @@ class MathWorld:
     heldout_fraction: float = 0.2
 
     def __post_init__(self) -> None:
-        if not self.number_max or any(
-            not isinstance(m, int) or m < 1 for m in self.number_max
-        ):
+        if not self.number_max or any(not isinstance(m, int) or m < 1 for m in self.number_max):
             raise AttnRLError(
                 f"math world: number_max must be a non-empty list of integers >= 1 (one per "
                 f"level), got {self.number_max!r}."
@@ -170,7 +168,9 @@ def split_of(problem_text: str, heldout_fraction: float = MathWorld.heldout_frac
 
 def _number_text(value: Fraction) -> str:
     """Plain text of a value inside a step: "19" or "57/8"."""
-    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{value.numerator}/{value.denominator}"
 
 
 def _answer_text(value: Fraction) -> str:
@@ -237,7 +237,9 @@ def _expression_text(start: int, operations: Sequence[tuple[str, int]]) -> str:
 
 def _validate_levels(levels: Sequence[int]) -> tuple[int, ...]:
     levels = tuple(levels)
-    if not levels or any(isinstance(l, bool) or not isinstance(l, int) or l < 1 for l in levels):
+    if not levels or any(
+        isinstance(level, bool) or not isinstance(level, int) or level < 1 for level in levels
+    ):
         raise AttnRLError(
             f"data: levels must be a non-empty list of integers >= 1 (level = number of "
             f"operations), got {levels!r}."
@@ -278,6 +280,7 @@ def problem_at(
         start = rng.randint(1, world.operand_max(level))
         operations, values = [], [Fraction(start)]
         for position in range(level):
+            # Only the last operation can leave a fraction, so values[-1] is an integer here.
             operator, operand = _draw_operation(
                 rng, values[-1].numerator, level, position == level - 1, world
             )
@@ -296,7 +299,8 @@ def problem_at(
         f"{_number_text(values[k])} {operator} {operand} = {_number_text(values[k + 1])}"
         for k, (operator, operand) in enumerate(operations)
     ]
-    # Drawn after the split test so that the text (and hence the split) does not depend on them.
+    # Drawn after the text is fixed, so plan_rate / check_rate never change which problems a
+    # stream holds, only how their solutions read.
     has_plan = rng.random() < world.plan_rate
     has_check = rng.random() < world.check_rate
     checked = rng.randrange(level)
@@ -398,7 +402,7 @@ def make_demonstration(
     checking steps before the dropped operation are kept. One rng.random() draw per call.
 
     >>> p = Problem("x", "Compute (12 + 7) * 3 - 5.", "52", 3,
-    ...             "12 + 7 = 19\\n\\n19 * 3 = 57\\n\\n57 - 5 = 52\\n\\nThe answer is \\\\boxed{52}")
+    ...     "12 + 7 = 19\\n\\n19 * 3 = 57\\n\\n57 - 5 = 52\\n\\nThe answer is \\\\boxed{52}")
     >>> make_demonstration(p, 1.0, rng=np.random.default_rng(0))
     '12 + 7 = 19\\n\\n19 * 3 = 57\\n\\nThe answer is \\\\boxed{57}'
     """
@@ -574,8 +578,9 @@ def load_problems(path: str | Path) -> list[Problem]:
     `answer` (required; a numeric answer becomes its text), `solution`, `level`, `id`
     (optional; id defaults to "<file stem>-<line or row number>"). Other fields are ignored.
 
-    >>> load_problems("tests/data/train_sample.jsonl")[0]
-    Problem(id='train_sample-1', problem='What is $3 + 4 \\\\cdot 2$?', answer='11', level=None, solution=None)
+    >>> p = load_problems("tests/data/train_sample.jsonl")[0]
+    >>> p.id, p.problem, p.answer, p.level, p.solution
+    ('train_sample-1', 'What is $3 + 4 \\\\cdot 2$?', '11', None, None)
     """
     return _load(path, _TRAIN_FIELDS)
 
