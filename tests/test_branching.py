@@ -167,7 +167,7 @@ def test_view_rejects_inconsistent_shapes():
 
 @st.composite
 def response_views(draw):
-    lengths = draw(st.lists(st.integers(1, 12), min_size=1, max_size=10))
+    lengths = draw(st.lists(st.integers(1, 6), min_size=1, max_size=8))
     spans = steps_of(*lengths)
     length = spans[-1][1]
     scores = draw(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0, 2.0]),

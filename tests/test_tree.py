@@ -197,3 +197,29 @@ def test_tree_properties(responses):
             assert torch.equal(s.token_ids, response.token_ids)
         else:
             assert torch.equal(s.token_ids[: s.branch_point], response.token_ids[: s.branch_point])
+
+
+def test_from_tokens_to_tree_through_steps_and_branching():
+    """The glue the trainer runs: steps -> zeroed FCI -> ATB points -> tree samples."""
+    from attnrl_core.branching import CRITERIA, ResponseView, zero_fci_scores
+    from attnrl_core.steps import answer_summary_step, separator_mask_from_texts, split_steps
+
+    vocab = ["x", "y", "\n\n", "</think>"]
+    sep_mask, rule = separator_mask_from_texts(vocab)
+    response = [0, 0, 2, 1, 1, 2, 0, 1, 2, 1, 0, 2, 3, 0]  # 5 steps; "</think>" in step 5
+    spans = split_steps(response, sep_mask)
+    assert rule == "\n\n" and spans == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 14)]
+    answer_step = answer_summary_step([vocab[i] for i in response], spans)
+    assert answer_step == 5
+    raw = torch.tensor([7.0, 6.0, 0.5, 2.0, 1.0, 9.0])  # prompt + 5 steps, as FCI scoring returns
+    scores = zero_fci_scores(raw, answer_step)  # -> [0, 0, .5, 2, 1, 0]
+    view = ResponseView(prompt_len=4, step_spans=spans, step_scores=scores)
+    points = CRITERIA["fci"](view, min_token_offset=0, min_token_gap=0)
+    # quantile([0, .5, 2, 1, 0], 0.8) = 1.2 -> step 3 (start 6); fill with step 2 (start 3)
+    assert points == [3, 6]
+    tree = build_tree([
+        InitialResponse(response, 0.0, points, [[Continuation([1, 3], 1.0)] * 2, [Continuation([0], 0.0)] * 2]),
+        InitialResponse([0, 3, 1], 1.0),
+    ])
+    assert tree.num_leaves == 6 and tree.root_value == pytest.approx(3 / 6)
+    assert [len(s.token_ids) for s in tree.samples] == [5, 5, 7, 7, 14]
