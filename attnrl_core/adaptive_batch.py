@@ -9,8 +9,8 @@ sequences and B'' the number that survived zero-advantage filtering, lambda = 0.
 Arithmetic is exact (fractions.Fraction, with lambda read as the decimal that was written, so
 0.9 is 9/10). The release evaluates the same formula in floats, where a batch already on target
 can creep up by one: 0.1*62.0 + (1 - 0.1)*62 == 62.00000000000001, whose ceil is 63 (47 of the
-sizes 1..299 creep). That artefact is deliberately not reproduced. "round" is round-half-up (floor(x + 1/2)), the usual meaning of the
-paper's notation; Python's round() would send 2.5 to 2.
+sizes 1..299 creep). That artefact is deliberately not reproduced. "round" is round-half-up
+(floor(x + 1/2)), the usual meaning of the paper's notation; Python's round() sends 2.5 to 2.
 
 B'' = 0 (nothing trainable last step) would divide by zero: the batch then grows by
 `max_growth` (rounded like the rule). Every result is clamped to [min_prompts, max_prompts].
@@ -45,12 +45,15 @@ def _check_settings(
     if target_sequences < 1:
         problems.append(f"target_sequences={target_sequences!r} must be >= 1")
     if min_prompts < 1 or max_prompts < min_prompts:
-        problems.append(f"the clamp [min_prompts={min_prompts!r}, max_prompts={max_prompts!r}] must satisfy 1 <= min <= max")
+        problems.append(
+            f"the clamp [min_prompts={min_prompts!r}, max_prompts={max_prompts!r}] must satisfy 1 <= min <= max"
+        )
     if not (math.isfinite(max_growth) and max_growth >= 1.0):
         problems.append(f"max_growth={max_growth!r} must be a finite number >= 1")
     if problems:
         raise AttnRLError(
-            "adaptive batch settings are invalid: " + "; ".join(problems) + ". Fix them in the experiment config."
+            "adaptive batch settings are invalid: " + "; ".join(problems)
+            + ". Fix them in the experiment config."
         )
 
 
@@ -90,7 +93,8 @@ def next_prompt_batch_size(
     elif rule == "release":
         value = lam_x * prev_prompts + (1 - lam_x) * ((prev_prompts * target_sequences) // valid_sequences)
     else:
-        value = lam_x * prev_prompts + (1 - lam_x) * Fraction(target_sequences, valid_sequences) * prev_prompts
+        ratio = Fraction(target_sequences, valid_sequences)
+        value = lam_x * prev_prompts + (1 - lam_x) * ratio * prev_prompts
     new = math.ceil(value) if rule == "release" else math.floor(value + Fraction(1, 2))
     return min(max(new, min_prompts), max_prompts)
 
@@ -118,7 +122,9 @@ class AdaptiveBatchSize:
     prompts: int = field(init=False)
 
     def __post_init__(self) -> None:
-        _check_settings(self.target_sequences, self.lam, self.rule, self.min_prompts, self.max_prompts, self.max_growth)
+        _check_settings(
+            self.target_sequences, self.lam, self.rule, self.min_prompts, self.max_prompts, self.max_growth
+        )
         if not self.min_prompts <= self.initial_prompts <= self.max_prompts:
             raise AttnRLError(
                 f"adaptive batch: initial_prompts={self.initial_prompts!r} lies outside the clamp "
@@ -163,7 +169,9 @@ def valid_token_ratio(advantages: torch.Tensor, mask: torch.Tensor) -> float:
     0.625
     """
     if advantages.shape != mask.shape or advantages.dim() != 2:
-        raise ValueError(f"advantages and mask must both be (B, L), got {tuple(advantages.shape)} and {tuple(mask.shape)}")
+        raise ValueError(
+            f"advantages and mask must both be (B, L), got {tuple(advantages.shape)} and {tuple(mask.shape)}"
+        )
     mask = mask.bool()
     valid_seq = ((advantages != 0) & mask).any(dim=-1)  # (B,)
     tokens = mask.sum(dim=-1)  # (B,)

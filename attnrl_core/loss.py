@@ -51,20 +51,26 @@ def k3_kl(
     return (torch.exp(d) - d - 1).clamp(-kl_clamp, kl_clamp)  # (B, L)
 
 
-def _check_settings(clip_low: float, clip_high: float, dual_clip_c: float, kl_coef: float, entropy_coef: float) -> None:
+def _check_settings(
+    clip_low: float, clip_high: float, dual_clip_c: float, kl_coef: float, entropy_coef: float
+) -> None:
     problems = []
     if not 0.0 <= clip_low < 1.0:
         problems.append(f"clip_low={clip_low!r} must lie in [0, 1)")
     if not clip_high >= 0.0:
         problems.append(f"clip_high={clip_high!r} must be >= 0")
     if not dual_clip_c > 1.0:
-        problems.append(f"dual_clip_c={dual_clip_c!r} must be > 1 (it caps the loss of a negative-advantage token at c*|A|)")
+        problems.append(
+            f"dual_clip_c={dual_clip_c!r} must be > 1 (it caps the loss of a negative-advantage token at c*|A|)"
+        )
     if not kl_coef >= 0.0:
         problems.append(f"kl_coef={kl_coef!r} must be >= 0")
     if not entropy_coef >= 0.0:
         problems.append(f"entropy_coef={entropy_coef!r} must be >= 0")
     if problems:
-        raise AttnRLError("loss settings are invalid: " + "; ".join(problems) + ". Fix them in the experiment config.")
+        raise AttnRLError(
+            "loss settings are invalid: " + "; ".join(problems) + ". Fix them in the experiment config."
+        )
 
 
 def ppo_loss(
@@ -103,7 +109,9 @@ def ppo_loss(
     (0.505, 0.25, 0.25, 0.25)
     """
     _check_settings(clip_low, clip_high, dual_clip_c, kl_coef, entropy_coef)
-    named = {"logp_old": logp_old, "advantages": advantages, "mask": mask, "ref_logp": ref_logp, "entropy": entropy}
+    named = {
+        "logp_old": logp_old, "advantages": advantages, "mask": mask, "ref_logp": ref_logp, "entropy": entropy
+    }
     for name, tensor in named.items():
         if tensor is not None and tensor.shape != logp.shape:
             raise ValueError(f"{name} has shape {tuple(tensor.shape)} but logp has {tuple(logp.shape)}")

@@ -136,7 +136,12 @@ def test_kl_and_entropy_terms_match_the_reference():
 @given(
     data=st.lists(
         st.tuples(
-            st.floats(-3, 0), st.floats(-3, 0), st.floats(-2, 2), st.booleans(), st.floats(-3, 0), st.floats(0, 2)
+            st.floats(-3, 0),  # logp
+            st.floats(-3, 0),  # logp_old
+            st.floats(-2, 2),  # advantage
+            st.booleans(),  # mask
+            st.floats(-3, 0),  # ref_logp
+            st.floats(0, 2),  # entropy
         ),
         min_size=1,
         max_size=12,
@@ -146,7 +151,8 @@ def test_kl_and_entropy_terms_match_the_reference():
 )
 def test_matches_the_reference_on_random_tokens(data, kl_coef, ent_coef):
     logp, old, adv, mask, ref, ent = ([list(col)] for col in zip(*data))
-    value, grad, _ = run(logp, old, adv, mask, ref_logp=ref, entropy=ent, kl_coef=kl_coef, entropy_coef=ent_coef)
+    kw = dict(ref_logp=ref, entropy=ent, kl_coef=kl_coef, entropy_coef=ent_coef)
+    value, grad, _ = run(logp, old, adv, mask, **kw)
     ref_value, ref_grad = reference(logp, old, adv, mask, ref, ent, kl_coef=kl_coef, ent_coef=ent_coef)
     assert value == pytest.approx(ref_value, rel=1e-9, abs=1e-12)
     # Exactly at a clip boundary autograd's subgradient may differ; skip those tokens.
@@ -159,7 +165,8 @@ def test_matches_the_reference_on_random_tokens(data, kl_coef, ent_coef):
 def test_gradients_reach_logp_only():
     torch.manual_seed(0)
     logp = torch.randn(3, 5, requires_grad=True)
-    others = {name: torch.randn(3, 5, requires_grad=True) for name in ("logp_old", "advantages", "ref_logp", "entropy")}
+    names = ("logp_old", "advantages", "ref_logp", "entropy")
+    others = {name: torch.randn(3, 5, requires_grad=True) for name in names}
     mask = torch.rand(3, 5) > 0.3
     out, _ = ppo_loss(logp, others["logp_old"], others["advantages"], mask,
                       ref_logp=others["ref_logp"], entropy=others["entropy"])
@@ -196,7 +203,10 @@ def test_micro_batches_with_num_tokens_sum_to_the_mini_batch():
     full, full_stats = ppo_loss(logp, old, adv, mask, ref_logp=ref)
     (g_full,) = torch.autograd.grad(full, logp)
     total = int(mask.sum())
-    parts = [ppo_loss(logp[s], old[s], adv[s], mask[s], ref_logp=ref[s], num_tokens=total) for s in (slice(0, 2), slice(2, 4))]
+    parts = [
+        ppo_loss(logp[s], old[s], adv[s], mask[s], ref_logp=ref[s], num_tokens=total)
+        for s in (slice(0, 2), slice(2, 4))
+    ]
     summed = parts[0][0] + parts[1][0]
     (g_sum,) = torch.autograd.grad(summed, logp)
     assert summed.item() == pytest.approx(full.item(), rel=1e-12)
@@ -238,8 +248,13 @@ def test_missing_reference_with_a_kl_coefficient_is_refused():
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"clip_low": 1.0}, "clip_low"), ({"clip_high": -0.1}, "clip_high"), ({"dual_clip_c": 1.0}, "dual_clip_c"),
-     ({"kl_coef": -1.0}, "kl_coef"), ({"entropy_coef": -0.1}, "entropy_coef")],
+    [
+        ({"clip_low": 1.0}, "clip_low"),
+        ({"clip_high": -0.1}, "clip_high"),
+        ({"dual_clip_c": 1.0}, "dual_clip_c"),
+        ({"kl_coef": -1.0}, "kl_coef"),
+        ({"entropy_coef": -0.1}, "entropy_coef"),
+    ],
 )
 def test_bad_settings_name_the_field(kwargs, field):
     z = torch.zeros(1, 2)
