@@ -1,0 +1,27 @@
+"""Prefect flows of the platform: warm start, training, evaluation, sweeps.
+
+Importing this package sets quiet, offline defaults for the stack (each only if the user has not
+set it): a project-local Prefect home, no telemetry, no hub downloads. They must be in place
+before prefect / mlflow / transformers are imported, hence here.
+"""
+
+import os
+from pathlib import Path
+
+RUNS_DIR = Path(os.environ.get("ATTNRL_HOME", "runs")).absolute()
+
+_DEFAULTS = {
+    "PREFECT_HOME": str(RUNS_DIR / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    # Nothing may download weights or data at run time: a hub id must already be cached.
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "DS_ACCELERATOR": "cpu" if not os.environ.get("CUDA_VISIBLE_DEVICES") else "cuda",
+}
+for _key, _value in _DEFAULTS.items():
+    os.environ.setdefault(_key, _value)

@@ -1,0 +1,353 @@
+"""One typed config for a whole experiment (SPEC.md: every constant is a field here).
+
+A config is built in four layers, later ones winning:
+
+    field defaults  <  method preset  <  YAML file  <  --set overrides
+
+Example::
+
+    >>> cfg = load_config("experiments/tiny.yaml", ["branch.rho=0.3", "method=treerl"])
+    >>> cfg.branch.rho, cfg.branch.criterion, cfg.batch.adaptive
+    (0.3, 'entropy', False)
+
+Every field carries its documentation in `Field(description=...)`; `attnrl config` prints the
+same text next to each resolved value, so the docs and `--help` cannot drift apart. Unknown
+keys, wrong types and out-of-range values raise `AttnRLError` naming the dotted field and the
+allowed range, before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from attnrl_core.errors import AttnRLError
+
+
+class _Section(BaseModel):
+    # forbid: a typo in a YAML key must fail loudly, not silently train with the default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(_Section):
+    num_layers: int = Field(4, ge=1, le=64, description="Transformer layers of the built-in tiny Qwen2 policy.")
+    hidden_size: int = Field(128, ge=8, description="Width (d_model) of the tiny policy.")
+    num_heads: int = Field(4, ge=1, description="Query heads of the tiny policy.")
+    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention) of the tiny policy.")
+    intermediate_size: int = Field(512, ge=8, description="MLP width of the tiny policy.")
+    max_position_embeddings: int = Field(512, ge=32, description="Longest prompt+response the tiny policy is built for.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                "hidden_size must be a multiple of num_heads and num_heads a multiple of num_kv_heads "
+                f"(got hidden_size={self.hidden_size}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads})"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    path: str | None = Field(
+        None,
+        description="Policy to start from: a local folder or a hub model id, loaded with from_pretrained. "
+        "null = the built-in tiny policy produced (and cached) by the warm-start flow.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Parameter dtype. float32 on CPU (exact resume); bfloat16 on GPUs."
+    )
+    device: str = Field("cpu", description="torch device for the policy, e.g. 'cpu' or 'cuda:0'.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of the built-in tiny policy.")
+
+
+class DataConfig(_Section):
+    train: str = Field(
+        "synthetic",
+        description="Training problems: 'synthetic' (the embedded step-by-step arithmetic world) or a "
+        "JSONL/Parquet file with DeepScaleR-style fields problem, answer[, solution].",
+    )
+    levels: list[int] = Field([1, 2, 3, 4], min_length=1, description="Difficulty levels (number of operations) of the synthetic world.")
+    heldout_size: int = Field(2000, ge=1, description="Held-out synthetic problems for evaluation (balanced across levels).")
+    benchmarks: list[str] = Field(
+        default_factory=list,
+        description="Extra benchmark files (JSONL/Parquet with problem, answer) evaluated next to the held-out set.",
+    )
+    max_prompt_tokens: int = Field(96, ge=1, description="Prompts longer than this (in tokens) are skipped with a warning.")
+    max_response_tokens: int = Field(160, ge=1, description="Response length limit in tokens (initial samples and prefix+continuation).")
+    seed: int = Field(0, description="Seed of the synthetic problem stream (problem i depends on this seed and i only).")
+
+
+class WarmStartConfig(_Section):
+    steps: int = Field(1200, ge=0, description="Optimizer steps of supervised fine-tuning that turn the random tiny model into the base policy (a step budget, not a time budget, so every machine gets the same base).")
+    batch_size: int = Field(64, ge=1, description="Demonstrations per warm-start step.")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate of the warm start (linear warm-up, cosine decay).")
+    warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps of the warm start.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the warm start.")
+    flaw: float = Field(
+        0.6,
+        ge=0.0,
+        le=1.0,
+        description="Planted, fixable reasoning flaw: the fraction of flaw_levels demonstrations that stop one step "
+        "early and box the intermediate value. RL can remove it; 0 gives a clean base.",
+    )
+    flaw_levels: list[int] = Field([3, 4], description="Difficulty levels whose demonstrations carry the flaw.")
+    seed: int = Field(1234, description="Seed of the warm start (initial weights, demonstration stream, flaw draws).")
+
+
+class RolloutConfig(_Section):
+    engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine: 'hf' (transformers, any machine) or 'vllm' (separate GPU server process).")
+    group_size: int = Field(6, ge=1, description="G: initial responses sampled per prompt.")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature of initial responses and continuations (0 = greedy).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.")
+    max_batch_size: int = Field(256, ge=1, description="Largest generation micro-batch of the hf engine.")
+
+
+class FCIConfig(_Section):
+    delta: int = Field(4, ge=1, description="Delta: a step influences only steps at least this far after it (SPEC §2).")
+    aggregate: Literal["max", "mean"] = Field("max", description="Reduction over layers and heads: 'max' (paper) or 'mean' (ablation).")
+    zero_prompt: bool = Field(True, description="Zero the prompt step's FCI (release behaviour).")
+    zero_first_step: bool = Field(True, description="Zero the first response step's FCI (release behaviour).")
+    zero_answer_summary: bool = Field(True, description="Zero the '</think>' step and all later steps (release behaviour).")
+    chunk_size: int | None = Field(None, ge=1, description="Query rows per attention chunk in the scoring pass; null = automatic.")
+
+
+class BranchConfig(_Section):
+    criterion: Literal["fci", "entropy", "neglogp", "random", "earliest"] = Field(
+        "fci", description="How branch points are chosen: fci (ATB), entropy (TreeRL), neglogp (EPTree), random, earliest."
+    )
+    rho: float = Field(0.2, gt=0.0, le=1.0, description="ATB keeps steps with FCI at or above the (1 - rho) quantile; allowed (0, 1].")
+    num_points: int = Field(2, ge=1, description="N: branch points per branched response.")
+    continuations: int = Field(2, ge=1, description="T: continuations sampled from each branch point; T >= 1.")
+    min_token_offset: int = Field(16, ge=0, description="A branch point must start at least this many tokens into prompt+response (release rule; 512 at paper scale).")
+    min_token_gap: int = Field(8, ge=0, description="A branch point must be at least this many tokens from every point already chosen (release rule; 512 at paper scale).")
+
+
+class ExpansionConfig(_Section):
+    fci_filter: bool = Field(True, description="Difficulty-aware filter: all-correct prompts branch only if their mean FCI beats the running mean (SPEC §5).")
+    strict: bool = Field(True, description="Filter comparison: mf > running mean (release) vs mf >= running mean (paper).")
+    mode: Literal["exp", "uniform"] = Field("exp", description="Responses to branch per prompt: ceil/round(G*exp(-acc)) ('exp') or all G ('uniform', ablation).")
+    rounding: Literal["ceil", "round"] = Field("ceil", description="Rounding of G*exp(-acc): 'ceil' (release) or 'round' (paper).")
+
+
+class BatchConfig(_Section):
+    prompts: int = Field(16, ge=1, description="B_1: prompts in the first batch (64 at paper scale).")
+    adaptive: bool = Field(True, description="Adapt the prompt batch size to keep valid training sequences near the target (SPEC §6).")
+    target_sequences: int = Field(128, ge=1, description="B': target number of training sequences per step (1920 at paper scale).")
+    smoothing: float = Field(0.9, ge=0.0, le=1.0, description="lambda: weight of the previous batch size in the update.")
+    formula: Literal["release", "paper"] = Field("release", description="Adaptive batch update: release (ceil/floor) or paper (round).")
+    min_prompts: int = Field(4, ge=1, description="Lower clamp of the adaptive prompt batch size.")
+    max_prompts: int = Field(64, ge=1, description="Upper clamp of the adaptive prompt batch size.")
+    max_growth: float = Field(2.0, ge=1.0, description="Growth factor used when no sequence survived filtering (B''=0).")
+
+    @model_validator(mode="after")
+    def _clamps_ordered(self) -> "BatchConfig":
+        if self.min_prompts > self.max_prompts:
+            raise ValueError(f"min_prompts ({self.min_prompts}) must be <= max_prompts ({self.max_prompts})")
+        return self
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-5, gt=0.0, description="AdamW learning rate, constant (1e-6 at paper scale).")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clip.")
+    minibatch_sequences: int = Field(64, ge=1, description="Sequences per optimizer step (192 at paper scale); one epoch over the batch.")
+    clip_low: float = Field(0.2, gt=0.0, lt=1.0, description="PPO ratio clip below: 1 - clip_low.")
+    clip_high: float = Field(0.28, gt=0.0, description="PPO ratio clip above (clip-higher): 1 + clip_high.")
+    dual_clip: float = Field(3.0, gt=1.0, description="Dual-clip constant c for negative advantages.")
+    kl_coef: float = Field(0.001, ge=0.0, description="Coefficient of the k3 KL penalty to the frozen initial policy.")
+    entropy_coef: float = Field(0.0, ge=0.0, description="Entropy bonus coefficient.")
+
+
+class TrainConfig(_Section):
+    iterations: int = Field(60, ge=1, description="Training iterations (policy updates).")
+    eval_every: int = Field(10, ge=1, description="Evaluate on the held-out set every K iterations (and at the end).")
+    checkpoint_every: int = Field(5, ge=1, description="Checkpoint every N iterations (and at the end).")
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept besides the best one.")
+    retries: int = Field(2, ge=0, description="Prefect retries of each phase task.")
+    retry_delay_s: float = Field(1.0, ge=0.0, description="Seconds between retries of a phase task.")
+    backend: Literal["torch", "deepspeed"] = Field("torch", description="Trainer backend: torch (CPU/GPU) or deepspeed (ZeRO).")
+
+
+class EvalConfig(_Section):
+    samples: int = Field(1, ge=1, description="K: samples per problem for avg@K and pass@K.")
+    temperature: float = Field(0.0, ge=0.0, description="Evaluation temperature (0 = greedy; 0.6 at paper scale).")
+    max_new_tokens: int = Field(160, ge=1, description="Evaluation response length limit.")
+
+
+class Config(_Section):
+    name: str = Field("tiny", min_length=1, description="Experiment name: the MLflow experiment that collects the runs.")
+    method: Literal["attnrl", "treerl", "grpo", "random", "earliest"] = Field(
+        "attnrl", description="Method preset: sets the criterion and switches before the YAML and --set values apply."
+    )
+    seed: int = Field(0, description="Run seed; every phase's seed is derived from (seed, iteration, phase).")
+    pipeline: Literal["one_step_off", "on_policy"] = Field(
+        "one_step_off", description="Generation pipeline: one call per iteration (one_step_off, SPEC §7) or two (on_policy)."
+    )
+    advantage: Literal["tree", "grpo"] = Field("tree", description="Advantage estimator: TreeRL tree advantages or GRPO group-normalised outcomes.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training and evaluation data.")
+    warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig, description="Warm start of the tiny policy.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling of responses and continuations.")
+    fci: FCIConfig = Field(default_factory=FCIConfig, description="Forward Context Influence scoring (SPEC §2).")
+    branch: BranchConfig = Field(default_factory=BranchConfig, description="Branch-point selection (SPEC §3).")
+    expansion: ExpansionConfig = Field(default_factory=ExpansionConfig, description="Difficulty-aware exploration (SPEC §5).")
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="Adaptive batch sampling (SPEC §6).")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Loss and optimiser (SPEC §8).")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Iterations, evaluation, checkpoints, retries.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation sampling.")
+
+    def hash(self) -> str:
+        """Stable 12-hex digest of the resolved config (key order independent)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# Method presets (SPEC §3): the baselines share the tree machinery and differ in these switches.
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "attnrl": {},
+    "treerl": {
+        "branch": {"criterion": "entropy"},
+        "expansion": {"fci_filter": False, "mode": "uniform"},
+        "batch": {"adaptive": False},
+    },
+    "grpo": {"advantage": "grpo", "expansion": {"fci_filter": False}, "batch": {"adaptive": False}},
+    "random": {"branch": {"criterion": "random"}},
+    "earliest": {"branch": {"criterion": "earliest"}},
+}
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """'branch.rho=0.3' -> {'branch': {'rho': 0.3}}; the value is parsed as YAML (so 0.3 is a float,
+    [1, 2] a list, null None, true a bool)."""
+    if "=" not in text:
+        raise AttnRLError(f"Override '{text}' is not of the form key.path=value (for example --set branch.rho=0.3).")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise AttnRLError(f"Override '{text}' has an empty field name; write it as key.path=value.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise AttnRLError(f"Override '{text}': the value is not valid YAML ({exc}).") from None
+    tree: dict = value
+    for part in reversed(key.split(".")):
+        tree = {part: tree}
+    return tree
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise AttnRLError(f"Config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise AttnRLError(f"Config file {path}{where} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise AttnRLError(f"Config file {path} must hold a mapping of fields at top level, not {type(data).__name__}.")
+    return data
+
+
+def _describe_range(field_info) -> str:
+    bounds = []
+    for meta in field_info.metadata:
+        for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            if getattr(meta, attr, None) is not None:
+                bounds.append(f"{sym} {getattr(meta, attr)}")
+    return " and ".join(bounds)
+
+
+def _field_info(loc: tuple) -> Any:
+    model: Any = Config
+    info = None
+    for part in loc:
+        if not isinstance(part, str) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            break
+        info = model.model_fields.get(part)
+        if info is None:
+            return None
+        model = info.annotation
+    return info
+
+
+def validation_message(exc: ValidationError, source: str) -> str:
+    """One paragraph naming each bad field, what was given and what is allowed."""
+    parts = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown field '{dotted}'")
+            continue
+        info = _field_info(loc)
+        allowed = _describe_range(info) if info is not None else ""
+        given = err.get("input")
+        text = f"field '{dotted}' = {given!r}: {err['msg']}"
+        if allowed:
+            text += f" (allowed: {allowed})"
+        parts.append(text)
+    return f"Invalid config ({source}): " + "; ".join(parts) + ". Run `attnrl config` to see every field, its default and its meaning."
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Resolve defaults < method preset < YAML < overrides into a validated Config."""
+    raw: dict = _read_yaml(Path(path)) if path is not None else {}
+    for text in overrides:
+        raw = _deep_merge(raw, parse_override(text))
+    method = raw.get("method", "attnrl")
+    preset = METHOD_PRESETS.get(method, {}) if isinstance(method, str) else {}
+    merged = _deep_merge(preset, raw)
+    source = f"{path}" if path is not None else "defaults"
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise AttnRLError(validation_message(exc, source)) from None
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """{'branch.rho': 0.2, ...}: the config as MLflow params (lists rendered as JSON)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, obj: Any) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = json.dumps(obj) if isinstance(obj, list) else obj
+
+    walk("", cfg.model_dump(mode="json"))
+    return out
+
+
+def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, type/range, description) for every leaf field — the text behind `attnrl config`."""
+    rows = []
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, dotted + "."))
+            continue
+        kind = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        rng = _describe_range(info)
+        rows.append((dotted, kind + (f" ({rng})" if rng else ""), info.description or ""))
+    return rows

@@ -1,0 +1,88 @@
+"""Supervised fine-tuning: the warm start that turns the random tiny model into the base policy.
+
+Loss on completion tokens only (the prompt is context, not a target), AdamW with linear warm-up
+and cosine decay, budgeted in optimizer steps so every machine trains the same base.
+
+    >>> batch = sft_batch(tok, ["Compute 1 + 2. ..."], ["1 + 2 = 3\\n\\nThe answer is \\\\boxed{3}"])
+    >>> batch["labels"][0, :prompt_len].eq(-100).all()   # prompt positions are ignored
+    tensor(True)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+IGNORE = -100
+
+
+def sft_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, labels) with labels only on completion + EOS."""
+    rows, label_rows = [], []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(p + c)
+        label_rows.append([IGNORE] * len(p) + c)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, L)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)  # (B, L)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
+    for i, (r, lab) in enumerate(zip(rows, label_rows)):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(r)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to `peak`, then cosine decay to 10% of it.
+
+    lr_at(0, 100, 1e-3, 10) = 1e-4 (warm-up), lr_at(9, 100, 1e-3, 10) = 1e-3 (peak),
+    lr_at(99, 100, 1e-3, 10) = 1e-4 (end of the cosine).
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup - 1)
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_sft(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    batches: Iterator[tuple[list[str], list[str]]],
+    steps: int,
+    lr: float,
+    warmup_steps: int,
+    weight_decay: float,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> list[float]:
+    """Run `steps` optimizer steps over `batches` of (prompts, completions); returns the losses.
+
+    `on_step(step, loss, lr)` is called after each step (progress bars, metric logging).
+    """
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    losses = []
+    for step in range(steps):
+        prompts, completions = next(batches)
+        batch = sft_batch(tokenizer, prompts, completions)
+        current = lr_at(step, steps, lr, warmup_steps)
+        for group in opt.param_groups:
+            group["lr"] = current
+        out = model(**batch)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"warm-start loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1], current)
+    model.eval()
+    return losses

@@ -1,0 +1,75 @@
+"""MLflow wiring: where runs are stored, an up-front reachability check, experiments.
+
+Default store: SQLite at runs/mlflow.db with artifacts under runs/mlartifacts (what `make ui`
+serves). Any tracking server works through `MLFLOW_TRACKING_URI` or `--tracking-uri`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from attnrl_core.errors import AttnRLError
+from flows import RUNS_DIR
+
+
+def resolve_uri(explicit: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's SQLite store."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{RUNS_DIR / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    return (RUNS_DIR / "mlartifacts").as_uri()
+
+
+def preflight(uri: str) -> None:
+    """Fail now, with a clear message, if the store cannot be used — not after an hour of training."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sqlite3.connect(path).close()
+        except (OSError, sqlite3.Error) as exc:
+            raise AttnRLError(f"MLflow tracking store {uri} cannot be opened ({exc}). Fix the path or pass --tracking-uri.") from None
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
+                if resp.status != 200:
+                    raise OSError(f"HTTP {resp.status}")
+        except (OSError, urllib.error.URLError) as exc:
+            raise AttnRLError(
+                f"MLflow tracking server {uri} is unreachable ({exc}). Start it (mlflow server --host 127.0.0.1) "
+                "or pass another --tracking-uri."
+            ) from None
+    elif uri.startswith("file:") or "://" not in uri:
+        raise AttnRLError(
+            f"MLflow tracking URI {uri!r} is a file store, which MLflow 3 refuses; use sqlite:///path/mlflow.db or an http(s) server."
+        )
+
+
+def setup(uri: str | None, experiment: str) -> str:
+    """Point MLflow at the store, check it, and return the experiment id (created if needed)."""
+    uri = resolve_uri(uri)
+    preflight(uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = artifact_root() if uri.startswith("sqlite:") else None
+        return client.create_experiment(experiment, artifact_location=location)
+    return exp.experiment_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"

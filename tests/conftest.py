@@ -1,0 +1,45 @@
+"""Test-session environment: every store (Prefect, MLflow, caches, checkpoints) in a temp folder.
+
+The variables are set at import time, before `flows` (which fills in defaults) or prefect /
+mlflow are imported by any test module, so no test ever touches the project's runs/ folder.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="attnrl-tests-"))
+os.environ["ATTNRL_HOME"] = str(_SESSION_HOME / "runs")
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A reduced tiny world for integration tests: a few warm-start steps on a narrow model, a small
+# held-out set. It exercises every code path of the default, in seconds.
+REDUCED = [
+    "model.tiny.num_layers=2",
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "warmstart.steps=30",
+    "warmstart.batch_size=16",
+    "data.heldout_size=40",
+    "eval.max_new_tokens=48",
+]
+
+
+@pytest.fixture(scope="session")
+def session_home() -> Path:
+    return _SESSION_HOME
+
+
+@pytest.fixture
+def tracking_uri(tmp_path) -> str:
+    """A fresh MLflow SQLite store per test."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
