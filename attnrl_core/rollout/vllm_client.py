@@ -1,0 +1,218 @@
+"""The "vllm" rollout engine: a client of AttnRL's vLLM generation server (vllm_server/server.py).
+
+vLLM cannot be imported into the platform's environment (it pins its own torch and clashes with
+prefect and transformers), so it runs as a separate process in `.venv-vllm` and this engine
+speaks to it over HTTP on 127.0.0.1 with the standard library only. The engine can start that
+process itself (and stops it on `close()` / leaving a `with` block / garbage collection), or
+attach to a server already running at `url`.
+
+    with VLLMEngine("runs/x/policy", llm_kwargs={"gpu_memory_utilization": 0.4}) as engine:
+        out = engine.generate([[5, 6, 7]], SamplingParams(n=6, max_new_tokens=512), seed=0)
+        engine.update_weights("runs/x/checkpoints/step-10/policy")   # after each policy update
+
+Same contract as the hf engine (shapes, per-prompt budgets, EOS handling, behaviour log-probs
+after temperature/top-k/top-p), with one difference: determinism is NOT guaranteed. Each prompt's
+request carries the seed row_seed(seed, i, 0) >> 31 (vLLM offsets it per sample), but batching
+and kernels inside vLLM may still change tokens between identical calls. The hf and vllm engines
+never give the same samples for the same seed (different samplers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from attnrl_core.errors import AttnRLError
+from attnrl_core.rollout import Generation, SamplingParams, resolve_budgets, row_seed
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVER_SCRIPT = REPO_ROOT / "vllm_server" / "server.py"
+DEFAULT_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+
+
+class VLLMEngine:
+    """Rollout engine backed by a vLLM server process (the `RolloutEngine` protocol).
+
+    model_path: checkpoint folder the server loads (config.json, safetensors, tokenizer files);
+        needed unless `url` points at a running server.
+    url: attach to this server (http://127.0.0.1:PORT) instead of starting one.
+    python: interpreter of the vLLM environment (default <repo>/.venv-vllm/bin/python).
+    eos_token_id: extra stop ids; vLLM always also stops at the model's own EOS.
+    llm_kwargs: extra `vllm.LLM` arguments, e.g. {"gpu_memory_utilization": 0.4,
+        "max_model_len": 9216} on a GPU shared with the trainer, {"kv_cache_memory_bytes": 2**28,
+        "enforce_eager": True} on a small CPU.
+    startup_timeout / request_timeout: seconds to wait for the server to come up / for one call.
+    log_path: file receiving the server's stdout+stderr (default: a temporary file).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        url: str | None = None,
+        python: str | os.PathLike = DEFAULT_PYTHON,
+        eos_token_id: int | Sequence[int] | None = None,
+        llm_kwargs: dict[str, Any] | None = None,
+        startup_timeout: float = 900.0,
+        request_timeout: float = 3600.0,
+        log_path: str | os.PathLike | None = None,
+    ) -> None:
+        self.stop_token_ids = None if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+        self.request_timeout = request_timeout
+        self._process: subprocess.Popen | None = None
+        if url is not None:
+            self.url = url.rstrip("/")
+            self.health()
+            return
+        if model_path is None:
+            raise AttnRLError("VLLMEngine needs model_path (a checkpoint folder to serve) or url (a running server).")
+        if not (Path(model_path) / "config.json").is_file():
+            raise AttnRLError(f"No model checkpoint at {model_path}: the vLLM server needs a folder written by save_pretrained.")
+        if not Path(python).is_file():
+            raise AttnRLError(
+                f"The vLLM environment's interpreter {python} does not exist: build it with `make vllm-env` "
+                "(vLLM lives in its own .venv-vllm), or pass python=... / url=... ."
+            )
+        self._start(Path(model_path), Path(python), llm_kwargs or {}, startup_timeout, log_path)
+
+    def _start(self, model_path: Path, python: Path, llm_kwargs: dict, timeout: float, log_path) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix="attnrl-vllm-"))
+        port_file = workdir / "port"
+        self.log_path = Path(log_path) if log_path is not None else workdir / "server.log"
+        command = [str(python), str(SERVER_SCRIPT), "--model", str(model_path.resolve()), "--port", "0",
+                   "--port-file", str(port_file), "--llm-kwargs", json.dumps(llm_kwargs)]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            # own session: close() can stop the server AND the engine/worker processes vLLM spawns
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self._finalizer = weakref.finalize(self, _stop_process_group, self._process)
+        deadline = time.monotonic() + timeout
+        while not port_file.is_file():
+            if self._process.poll() is not None:
+                self.close()
+                raise AttnRLError(f"The vLLM server exited with code {self._process.returncode} while starting; its log {self.log_path} ends with:\n{_tail(self.log_path)}")
+            if time.monotonic() > deadline:
+                self.close()
+                raise AttnRLError(f"The vLLM server did not come up within {timeout:.0f} s (startup_timeout); see {self.log_path}:\n{_tail(self.log_path)}")
+            time.sleep(0.2)
+        self.url = f"http://127.0.0.1:{int(port_file.read_text())}"
+        self.health()
+
+    def health(self) -> dict:
+        """The server's status: {"status": "ok", "model": ..., "reloads": ..., "vllm": version}."""
+        return self._request("GET", "/health", None, timeout=30.0)
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        seed: int,
+        max_new_tokens: list[int] | None = None,
+    ) -> list[list[Generation]]:
+        """Sample params.n continuations per prompt; returns [prompt index][sample index].
+
+        Not deterministic (see the module docstring); shapes, budgets, EOS and log-prob
+        semantics are those of the hf engine.
+        """
+        budgets = resolve_budgets(prompts, params, max_new_tokens)
+        results = [[Generation() for _ in range(params.n)] for _ in prompts]
+        sent = [i for i, budget in enumerate(budgets) if budget > 0]  # vLLM rejects max_tokens=0
+        if not sent:
+            return results
+        request = {
+            "prompts": [list(map(int, prompts[i])) for i in sent],
+            "seeds": [row_seed(seed, i, 0) >> 31 for i in sent],
+            "max_new_tokens": [budgets[i] for i in sent],
+            "n": params.n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k,
+            "stop_at_eos": params.stop_at_eos,
+            "stop_token_ids": self.stop_token_ids,
+        }
+        answer = self._request("POST", "/generate", request, timeout=self.request_timeout)
+        for i, samples in zip(sent, answer["generations"]):
+            results[i] = [Generation(s["token_ids"], s["logprobs"], s["finished"]) for s in samples]
+        return results
+
+    def update_weights(self, source: Any) -> None:
+        """Reload the server's weights from a checkpoint folder, a state_dict or a module.
+
+        A folder is read by the server directly (it must hold the safetensors written by
+        save_pretrained, on a filesystem the server sees). A state_dict (or a module's) is first
+        written to a temporary folder as model.safetensors.
+        """
+        if isinstance(source, (str, os.PathLike)):
+            if not Path(source).is_dir():
+                raise AttnRLError(f"update_weights: {source} is not a checkpoint folder.")
+            self._request("POST", "/reload", {"path": str(Path(source).resolve())}, timeout=self.request_timeout)
+            return
+        if hasattr(source, "state_dict") and callable(source.state_dict):
+            source = source.state_dict()
+        if not isinstance(source, Mapping):
+            raise AttnRLError(f"update_weights got a {type(source).__name__}: pass a checkpoint folder path, a state_dict or a model.")
+        from safetensors.torch import save_file
+
+        with tempfile.TemporaryDirectory(prefix="attnrl-weights-") as folder:
+            # copies: safetensors refuses tensors that share storage (tied embeddings) or live on a GPU
+            save_file({name: t.detach().to("cpu", copy=True).contiguous() for name, t in source.items()}, os.path.join(folder, "model.safetensors"))
+            self._request("POST", "/reload", {"path": folder}, timeout=self.request_timeout)
+
+    def _request(self, method: str, path: str, body: dict | None, timeout: float) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")
+            try:
+                detail = json.loads(detail)["error"]
+            except (ValueError, KeyError, TypeError):
+                pass
+            raise AttnRLError(f"The vLLM server at {self.url} refused {method} {path} (HTTP {error.code}): {detail}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+            where = f"; its log is {self.log_path}" if self._process is not None else ""
+            raise AttnRLError(f"The vLLM server at {self.url} is unreachable or timed out on {method} {path} ({error}){where}.") from None
+
+    def close(self) -> None:
+        """Stop the server this engine started (no-op for an attached server or when closed)."""
+        if self._process is not None:
+            self._finalizer()
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _stop_process_group(process: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM the server's process group (server + vLLM's engine/worker children), then SIGKILL."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:
+            return
+    try:  # children may outlive the server's own exit
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
