@@ -230,11 +230,11 @@ def _canonical_decimal(s: str) -> str:
 def normalize_answer(s: str) -> str:
     """MATH-style normal form of an answer string (Hendrycks' strip_string, extended).
 
-    Drops spaces, \\left/\\right, \\!, thin spaces, dollars, degrees, \\% and %, trailing
-    \\text{} units, a leading "+" and "x =" / "k=" (one or two letters); unwraps \\text{} and
-    \\mbox{}; \\dfrac and \\tfrac -> \\frac; braces \\frac12 and \\sqrt3; "1,000" -> "1000";
-    "a/b" (integers) -> "\\frac{a}{b}"; decimals lose trailing zeros (".50" -> "0.5",
-    "3.0" -> "3"); one pair of outer braces goes.
+    Drops spaces, \\left/\\right, \\!, thin spaces, \\displaystyle, dollars, degrees, \\% and %,
+    trailing \\text{} units and full stops, a leading "+" and "x =" / "k=" (one or two letters);
+    unwraps \\text{} and \\mbox{}; \\dfrac and \\tfrac -> \\frac; braces \\frac12 and \\sqrt3;
+    "1,000" -> "1000"; "a/b" (integers) -> "\\frac{a}{b}"; decimals lose trailing zeros
+    (".50" -> "0.5", "3.0" -> "3"); one pair of outer braces goes.
 
     >>> normalize_answer("x = \\\\dfrac12")
     '\\\\frac{1}{2}'
@@ -248,7 +248,7 @@ def normalize_answer(s: str) -> str:
     s = s.strip()
     for old, new in (("\n", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("\\ ", " "), ("{,}", ",")):
         s = s.replace(old, new)
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
     s = _LEFT_RIGHT.sub("", s)
     for degree in ("^{\\circ}", "^\\circ", "\\circ", "°"):
         s = s.replace(degree, "")
@@ -258,7 +258,7 @@ def normalize_answer(s: str) -> str:
         lhs, rhs = s.split("=")
         if _SHORT_LHS.fullmatch(lhs.strip()):
             s = rhs
-    s = "".join(s.split())
+    s = "".join(s.split()).rstrip(".")  # "5." ends a sentence, not a number
     s = _fix_shorthand_args(s, "\\sqrt", 1)
     s = _fix_shorthand_args(s, "\\frac", 2)
     if s.startswith("+"):
@@ -346,7 +346,7 @@ def rule_verdict(
 
 
 def _fallback_worker_main(conn, parent_pid: int, memory_bytes: int) -> None:
-    """Worker process: answer (reference, answer_text, limit_s) requests with a bool.
+    """Worker process: answer (limit_s, [(reference, text), ...]) requests, a bool per item.
 
     Runs in its own main thread, so math-verify's signal.alarm limits work here; they are set
     just above the caller's limit and only matter if the caller died (the caller kills the
@@ -354,10 +354,13 @@ def _fallback_worker_main(conn, parent_pid: int, memory_bytes: int) -> None:
     atexit), so a worker never outlives the run.
     """
     import resource
+    import signal
     import time
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops us
+
     try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
         cap = memory_bytes if hard == resource.RLIM_INFINITY else min(memory_bytes, hard)
         resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     except (ValueError, OSError):
@@ -371,6 +374,7 @@ def _fallback_worker_main(conn, parent_pid: int, memory_bytes: int) -> None:
     threading.Thread(target=watch_parent, daemon=True).start()
 
     from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
 
     # Its timeouts log a warning per case; the caller counts them as wrong answers.
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
@@ -391,13 +395,15 @@ def _fallback_worker_main(conn, parent_pid: int, memory_bytes: int) -> None:
             return
         if request is None:
             return
-        reference, text, limit_s = request
-        try:
-            pred = parse(text, parsing_timeout=limit_s)
-            ok = bool(verify(gold_of(reference, limit_s), pred, timeout_seconds=limit_s))
-        except BaseException:  # noqa: BLE001 - hostile text may raise anything, even MemoryError
-            ok = False
-        conn.send(ok)
+        limit_s, items = request
+        # One verdict per item as soon as it is known: the caller times each item separately.
+        for reference, text in items:
+            try:
+                pred = parse(text, parsing_timeout=limit_s)
+                ok = bool(verify(gold_of(reference, limit_s), pred, timeout_seconds=limit_s))
+            except (Exception, TimeoutException):  # noqa: BLE001 - hostile text may raise anything,
+                ok = False  # MemoryError included; TimeoutException is a BaseException
+            conn.send(ok)
 
 
 class _Worker:
@@ -436,17 +442,23 @@ class _Worker:
             ) from exc
         self.ready = message == "ready"
 
-    def ask(self, reference: str, text: str, timeout_s: float) -> bool | None:
-        """The worker's verdict, or None if it overran timeout_s or died."""
+    def ask(self, items: list[tuple[str, str]], timeout_s: float) -> list[bool]:
+        """Verdicts for a prefix of `items`: all of them, or those before the first one that
+        overran timeout_s (or killed the worker). One message out, one verdict back per item,
+        so a chunk costs one round trip, and item k's clock starts when item k-1's answer
+        arrives (the worker takes them in order)."""
         # Worker-side alarms sit just above our limit: a backstop, never the first to fire.
         worker_limit = int(math.ceil(timeout_s)) + 1
+        verdicts: list[bool] = []
         try:
-            self.conn.send((reference, text, worker_limit))
-            if not self.conn.poll(timeout_s):
-                return None
-            return bool(self.conn.recv())
+            self.conn.send((worker_limit, items))
+            for _ in items:
+                if not self.conn.poll(timeout_s):
+                    break
+                verdicts.append(bool(self.conn.recv()))
         except (EOFError, OSError):
-            return None
+            pass
+        return verdicts
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -546,25 +558,34 @@ class FallbackPool:
             fresh = self._start_worker()
             self._release(fresh)
 
-    def check(self, reference: str, text: str, timeout_s: float,
-              start_timeout_s: float = WORKER_START_TIMEOUT_S) -> bool:
-        """math-verify's verdict on `text` vs `reference`; False if it takes over `timeout_s`."""
-        worker = self._acquire()
-        try:
-            worker.wait_ready(start_timeout_s)
-        except BaseException:
-            self._replace(worker, restart=False)  # it could not start: do not loop on it
-            raise
-        if not worker.process.is_alive():
-            # Died while idle (e.g. the OOM killer): not this text's fault, use a fresh one.
-            self._replace(worker)
-            return self.check(reference, text, timeout_s, start_timeout_s)
-        verdict = worker.ask(reference, text, timeout_s)
-        if verdict is None:
-            self._replace(worker)
-            return False
-        self._release(worker)
-        return verdict
+    def check(self, items: list[tuple[str, str]], timeout_s: float,
+              start_timeout_s: float = WORKER_START_TIMEOUT_S) -> list[bool]:
+        """math-verify's verdicts on (reference, text) pairs, in order, on one worker at a time.
+
+        An item that takes over `timeout_s` is False; its worker is killed and replaced and the
+        items after it go to the replacement.
+        """
+        verdicts: list[bool] = []
+        while len(verdicts) < len(items):
+            worker = self._acquire()
+            try:
+                worker.wait_ready(start_timeout_s)
+            except BaseException:
+                self._replace(worker, restart=False)  # it could not start: do not loop on it
+                raise
+            if not worker.process.is_alive():
+                # Died while idle (e.g. the OOM killer): not this text's fault, use a fresh one.
+                self._replace(worker)
+                continue
+            todo = items[len(verdicts) :]
+            answered = worker.ask(todo, timeout_s)
+            verdicts += answered
+            if len(answered) == len(todo):
+                self._release(worker)
+            else:
+                self._replace(worker)
+                verdicts.append(False)  # the item that overran
+        return verdicts
 
     def close(self, grace_s: float = 1.0) -> None:
         with self._cond:
@@ -651,7 +672,7 @@ def is_correct(response: str, reference: str, timeout_s: float = 5.0) -> bool:
     verdict, text = _prepare(response, reference)
     if verdict is not None:
         return verdict
-    return fallback_pool().check(reference, text, timeout_s)
+    return fallback_pool().check([(reference, text)], timeout_s)[0]
 
 
 def verify_batch(
@@ -660,12 +681,14 @@ def verify_batch(
     timeout_s: float = 5.0,
     workers: int | None = None,
     parallel_min_fallbacks: int = PARALLEL_MIN_FALLBACKS,
+    chunks_per_worker: int = 4,
 ) -> list[bool]:
     """is_correct over pairs; the math-verify fallbacks run on `workers` processes at once.
 
-    The rule path runs inline (tens of microseconds a pair); the fallbacks go to the pool from
-    `workers` threads (default: the usable CPUs) when there are at least
-    `parallel_min_fallbacks` of them, else one after another on one worker.
+    The rule path runs inline (~10 microseconds a pair); the fallbacks go to the pool in
+    `chunks_per_worker` chunks per worker from `workers` threads (default: the usable CPUs)
+    when there are at least `parallel_min_fallbacks` of them, else as one chunk to one worker.
+    Each item keeps its own `timeout_s`.
 
     >>> verify_batch(["\\\\boxed{2}", "\\\\boxed{3}", "no box"], ["2", "2", "2"])
     [True, False, False]
@@ -685,14 +708,17 @@ def verify_batch(
     if not pending:
         return results
     pool = fallback_pool()
+    items = [(references[i], text) for i, text in pending]
     n_threads = min(workers or _default_workers(), len(pending))
     if n_threads <= 1 or len(pending) < parallel_min_fallbacks:
-        for i, text in pending:
-            results[i] = pool.check(references[i], text, timeout_s)
-        return results
-    pool.ensure_capacity(n_threads)
-    with ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="attnrl-verify") as threads:
-        verdicts = threads.map(lambda item: pool.check(references[item[0]], item[1], timeout_s), pending)
-        for (i, _), verdict in zip(pending, verdicts):
-            results[i] = verdict
+        verdicts = pool.check(items, timeout_s)
+    else:
+        pool.ensure_capacity(n_threads)
+        # A few chunks per worker: one round trip each, and a slow chunk does not hold up the end.
+        size = -(-len(items) // (n_threads * chunks_per_worker))
+        chunks = [items[k : k + size] for k in range(0, len(items), size)]
+        with ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="attnrl-verify") as threads:
+            verdicts = [v for chunk in threads.map(lambda c: pool.check(c, timeout_s), chunks) for v in chunk]
+    for (i, _), verdict in zip(pending, verdicts):
+        results[i] = verdict
     return results

@@ -50,7 +50,7 @@ def pool() -> FallbackPool:
 
 def ready(pool: FallbackPool) -> None:
     """Wait until a worker is idle and ready: a timeout's replacement may still be importing."""
-    assert pool.check("1", "\\boxed{1}", timeout_s=60.0)
+    assert pool.check([("1", "\\boxed{1}")], timeout_s=60.0) == [True]
 
 
 def alive(pid: int) -> bool:
@@ -129,6 +129,8 @@ def test_answer_region_takes_text_after_last_think():
         ("{7}", "7"),
         ("  7 \n", "7"),
         ("1,2", "1,2"),  # a pair, not a thousands separator
+        ("5.", "5"),
+        ("\\displaystyle \\frac{3}{4}", "\\frac{3}{4}"),
     ],
 )
 def test_normalize_answer(raw, want):
@@ -256,8 +258,8 @@ EXACT_PAIRS = [("17", "18"), ("-17", "17"), ("\\frac{3}{4}", "\\frac{4}{3}"), ("
 def test_wrong_exact_numbers_shortcut_agrees_with_math_verify(pool, boxed, reference):
     """The rule path rejects different exact numbers without math-verify: it must agree."""
     assert rule_verdict(boxed, reference) is False
-    assert pool.check(reference, f"The answer is \\boxed{{{boxed}}}", timeout_s=30.0) is False
-    assert pool.check(reference, f"The answer is \\boxed{{{reference}}}", timeout_s=30.0) is True
+    texts = [f"The answer is \\boxed{{{boxed}}}", f"The answer is \\boxed{{{reference}}}"]
+    assert pool.check([(reference, t) for t in texts], timeout_s=30.0) == [False, True]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,7 +303,7 @@ def test_timeout_kills_and_replaces_the_stuck_worker(pool):
     ready(pool)
     before = set(pool.pids())
     t0 = time.perf_counter()
-    assert pool.check("3", POWER_TOWER, timeout_s=TIMEOUT_S) is False
+    assert pool.check([("3", POWER_TOWER)], timeout_s=TIMEOUT_S) == [False]
     elapsed = time.perf_counter() - t0
     assert TIMEOUT_S <= elapsed < TIMEOUT_S + SLACK_S
     after = set(pool.pids())
@@ -309,6 +311,12 @@ def test_timeout_kills_and_replaces_the_stuck_worker(pool):
     assert len(killed) == 1 and not any(alive(pid) for pid in killed)
     assert len(after) == len(before)  # a replacement was started at once
     assert is_correct("\\boxed{\\sqrt{9}}", "3")  # and it works
+
+
+def test_items_after_a_hung_one_go_to_the_replacement(pool):
+    ready(pool)
+    items = [("4", "\\boxed{\\sqrt{16}}"), ("3", POWER_TOWER), ("5", "\\boxed{\\sqrt{25}}"), ("5", "\\boxed{6}")]
+    assert pool.check(items, timeout_s=TIMEOUT_S) == [True, False, True, False]
 
 
 def test_time_limit_holds_in_worker_threads(pool):
