@@ -246,7 +246,8 @@ def normalize_answer(s: str) -> str:
     '45'
     """
     s = s.strip()
-    for old, new in (("\n", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("\\ ", " "), ("{,}", ",")):
+    spacing = (("\n", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("\\ ", " "), ("{,}", ","))
+    for old, new in spacing:
         s = s.replace(old, new)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
     s = _LEFT_RIGHT.sub("", s)
