@@ -479,9 +479,10 @@ class _Worker:
 class FallbackPool:
     """A persistent, thread-safe pool of math-verify worker processes (spawn start method).
 
-    Each request holds one worker from send to answer; a worker that overruns the caller's
-    limit is killed and a fresh one started in its place. Workers start on demand, up to
-    `capacity` (raised by verify_batch's `workers`).
+    A call holds one worker for its chunk of items; a worker that overruns the caller's limit
+    on an item is killed and a fresh one started in its place. Workers start on demand, up to
+    `capacity` (raised by verify_batch's `workers`). Waiting for a free or starting worker is
+    not charged to any item's time limit.
     """
 
     def __init__(self, capacity: int, memory_bytes: int = WORKER_MEMORY_BYTES) -> None:
@@ -589,6 +590,8 @@ class FallbackPool:
         return verdicts
 
     def close(self, grace_s: float = 1.0) -> None:
+        if os.getpid() != self.owner_pid:
+            return  # a forked child running its inherited atexit hooks: not its workers
         with self._cond:
             self._closed = True
             workers = list(self._all)

@@ -497,15 +497,19 @@ def test_docstring_examples():
 
 def test_forked_child_gets_its_own_pool(pool):
     parent_pool = fallback_pool()
+    ready(parent_pool)
+    pids = parent_pool.pids()
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: must not reuse (or kill) the parent's workers
+    if pid == 0:  # child: must not reuse (or stop) the parent's workers
         child_pool = fallback_pool()
         ok = child_pool is not parent_pool and child_pool.owner_pid == os.getpid() and child_pool.pids() == []
+        parent_pool.close()  # what the inherited atexit hook does when a forked child exits
         os.write(write, b"1" if ok else b"0")
         os._exit(0)
     os.close(write)
     assert os.read(read, 1) == b"1"
     os.waitpid(pid, 0)
     os.close(read)
-    assert fallback_pool() is parent_pool and parent_pool.pids()
+    assert fallback_pool() is parent_pool and parent_pool.pids() == pids and all(alive(p) for p in pids)
+    assert is_correct("\\boxed{\\sqrt{36}}", "6")
