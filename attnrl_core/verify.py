@@ -411,6 +411,13 @@ class _Worker:
     """One spawned math-verify process and the parent's end of its pipe."""
 
     def __init__(self, ctx, memory_bytes: int) -> None:
+        if multiprocessing.current_process().daemon:
+            raise AttnRLError(
+                "The verifier's math-verify fallback runs in worker processes, and this is a "
+                "daemonic process (e.g. a multiprocessing.Pool worker), which may not start "
+                "any. Verify from the main process, from a thread, or from a "
+                "concurrent.futures.ProcessPoolExecutor worker (not daemonic) instead."
+            )
         parent_end, child_end = ctx.Pipe(duplex=True)
         self.conn = parent_end
         self.process = ctx.Process(

@@ -495,6 +495,23 @@ def test_docstring_examples():
     assert doctest.testmod(attnrl_core.verify).failed == 0
 
 
+def _fallback_in_daemon(_):
+    try:
+        is_correct("\\boxed{\\sqrt{4}}", "2")
+    except AttnRLError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_daemonic_process_gets_a_clear_error():
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as daemons:
+        message = daemons.map(_fallback_in_daemon, [0])[0]
+    assert "daemonic process" in message
+    assert is_correct("\\boxed{7}", "7")  # the rule path needs no worker
+
+
 def test_forked_child_gets_its_own_pool(pool):
     parent_pool = fallback_pool()
     ready(parent_pool)
