@@ -90,7 +90,9 @@ def test_inverse_cdf_sample_intervals():
 
 @settings(max_examples=60, deadline=None)
 @given(
-    weights=st.lists(st.sampled_from([0.0, 0.0, 1e-6, 0.3, 1.0, 7.0]), min_size=1, max_size=12).filter(lambda w: sum(w) > 0),
+    weights=st.lists(st.sampled_from([0.0, 0.0, 1e-6, 0.3, 1.0, 7.0]), min_size=1, max_size=12).filter(
+        lambda w: sum(w) > 0
+    ),
     u=st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
 )
 def test_inverse_cdf_sample_never_picks_a_zero_probability_token(weights, u):
@@ -224,6 +226,29 @@ def test_per_prompt_budgets_are_respected(model):
     assert [g.token_ids[:3] for g in longer[0]] == [g.token_ids for g in out[0]]
 
 
+def test_per_prompt_sample_counts_draw_the_same_streams(model):
+    engine = HFEngine(model)
+    full = engine.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=6), seed=8)
+    mixed = engine.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=6), seed=8, n=[3, 1, 2])
+    assert [len(p) for p in mixed] == [3, 1, 2]
+    # sample j of prompt i comes from stream (seed, i, j) whatever the other counts are
+    assert tokens(mixed) == [tokens(full)[0], tokens(full)[1][:1], tokens(full)[2][:2]]
+    with pytest.raises(AttnRLError, match="one per prompt"):
+        engine.generate(PROMPTS, SamplingParams(), seed=0, n=[1, 2])
+    with pytest.raises(AttnRLError, match=r"n\[1\]=0"):
+        engine.generate(PROMPTS, SamplingParams(), seed=0, n=[1, 0, 2])
+
+
+def test_greedy_decodes_each_prompt_once_and_copies_it(model):
+    counter = EmbeddedTokenCounter(model)
+    try:
+        out = HFEngine(model).generate([PROMPTS[0]], SamplingParams(n=4, temperature=0.0, max_new_tokens=5), seed=0)
+    finally:
+        counter.handle.remove()
+    assert counter.count == len(PROMPTS[0]) + 1 * (5 - 1)  # one row decoded, not four
+    assert len({tuple(g.token_ids) for g in out[0]}) == 1 and len({id(g.token_ids) for g in out[0]}) == 4
+
+
 def test_eos_stops_a_sample_and_marks_it_finished(model):
     params = SamplingParams(n=4, max_new_tokens=20)
     free = HFEngine(model, eos_token_id=None).generate(PROMPTS, params, seed=21)
@@ -240,7 +265,8 @@ def test_eos_stops_a_sample_and_marks_it_finished(model):
             else:
                 assert h.token_ids == g.token_ids and not h.finished
     assert n_finished >= 1 and stopped[0][0].finished and len(stopped[0][0].token_ids) <= 4
-    ignoring = HFEngine(model, eos_token_id=eos).generate(PROMPTS, SamplingParams(n=4, max_new_tokens=20, stop_at_eos=False), seed=21)
+    no_stop = SamplingParams(n=4, max_new_tokens=20, stop_at_eos=False)
+    ignoring = HFEngine(model, eos_token_id=eos).generate(PROMPTS, no_stop, seed=21)
     assert tokens(ignoring) == tokens(free) and not any(g.finished for p in ignoring for g in p)
 
 
@@ -281,7 +307,8 @@ def test_engine_can_load_from_a_folder_and_restores_train_mode(model, tmp_path):
 
 
 def test_invalid_inputs_raise_attnrl_errors(model):
-    for bad in [dict(n=0), dict(temperature=-1.0), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1), dict(max_new_tokens=-2)]:
+    bad_params = [dict(n=0), dict(temperature=-1.0), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1)]
+    for bad in bad_params + [dict(max_new_tokens=-2)]:
         with pytest.raises(AttnRLError):
             SamplingParams(**bad)
     with pytest.raises(AttnRLError, match="empty"):

