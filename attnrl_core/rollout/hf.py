@@ -41,6 +41,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from attnrl_core.errors import AttnRLError
 from attnrl_core.rollout import Generation, SamplingParams, resolve_budgets, resolve_counts, row_seed
 
+
 def sampling_logprobs(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
 ) -> torch.Tensor:
