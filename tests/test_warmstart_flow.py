@@ -20,7 +20,7 @@ def test_warmstart_trains_caches_and_logs(reduced_cfg, tmp_path):
     from flows.warmstart import base_path, warmstart_flow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = warmstart_flow(reduced_cfg.model_dump(mode="json"), tracking_uri=uri, quiet=True)
+    first = warmstart_flow(cfg_json=reduced_cfg.model_dump(mode="json"), tracking_uri=uri, quiet=True)
     path = base_path(reduced_cfg)
     assert first["model_path"] == str(path) and not first["cached"]
     assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
@@ -30,7 +30,7 @@ def test_warmstart_trains_caches_and_logs(reduced_cfg, tmp_path):
     assert set(first["heldout"]) == {"avg", "1", "2", "3", "4"}
 
     # second call: cache hit, same MLflow run, nothing retrained
-    second = warmstart_flow(reduced_cfg.model_dump(mode="json"), tracking_uri=uri, quiet=True)
+    second = warmstart_flow(cfg_json=reduced_cfg.model_dump(mode="json"), tracking_uri=uri, quiet=True)
     assert second["cached"] and second["mlflow_run_id"] == first["mlflow_run_id"]
 
     run = mlflow.MlflowClient(uri).get_run(first["mlflow_run_id"])
@@ -57,9 +57,9 @@ def test_evaluate_flow_logs_table(reduced_cfg, tmp_path):
     from flows.warmstart import warmstart_flow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    base = warmstart_flow(reduced_cfg.model_dump(mode="json"), tracking_uri=uri, quiet=True)
-    cfg = load_config("experiments/tiny.yaml", REDUCED + ["name=warmstart-test", "eval.samples=3", "eval.temperature=1.0"])
-    result = evaluate_flow(base["model_path"], ["heldout", "tests/data/aime_sample.jsonl"], cfg.model_dump(mode="json"), tracking_uri=uri)
+    base = warmstart_flow(cfg_json=reduced_cfg.model_dump(mode="json"), tracking_uri=uri, quiet=True)
+    overrides = REDUCED + ["name=warmstart-test", "eval.samples=3", "eval.temperature=1.0"]
+    result = evaluate_flow(base["model_path"], ["heldout", "tests/data/aime_sample.jsonl"], "experiments/tiny.yaml", overrides, tracking_uri=uri)
     rows = result["rows"]
     assert {r["benchmark"] for r in rows} == {"heldout", "aime_sample"}
     heldout_all = next(r for r in rows if r["benchmark"] == "heldout" and r["level"] == "all")

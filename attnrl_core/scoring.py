@@ -1,0 +1,73 @@
+"""The score phase: one policy forward per response gives log-probs, entropies and step FCI.
+
+For every initial response of a batch of prompt groups this fills `step_spans` (SPEC §1),
+`token_logprobs` (the PPO behaviour log-probs of the original tokens, SPEC §0), `token_entropy`
+(for the entropy criterion) and `step_fci` (SPEC §2, zeroing rules applied: index 0 = prompt).
+Rows are packed left-padded into micro-batches of similar length.
+
+Example: a group with prompt [7, 8] and response [3, 10, 9] where 10 is the "\\n\\n" token gets
+step_spans [[0, 2], [2, 3]] and step_fci of length 3 (prompt, step 1, step 2), the first two
+zeroed by default.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from attnrl_core import fci
+from attnrl_core.branching import zero_fci_scores
+from attnrl_core.steps import absolute_step_spans, answer_summary_step, split_steps
+from attnrl_core.tree_sampling import PromptGroup
+
+
+def score_groups(
+    model: torch.nn.Module,
+    groups: Sequence[PromptGroup],
+    sep_mask: torch.Tensor,
+    vocab_texts: Sequence[str],
+    pad_token_id: int,
+    delta: int = 4,
+    aggregate: str = "max",
+    chunk_size: int | None = None,
+    zero_prompt: bool = True,
+    zero_first_step: bool = True,
+    zero_answer_summary: bool = True,
+    micro_batch: int = 32,
+) -> None:
+    """Fill the scoring fields of every response of `groups` in place (re-running is idempotent)."""
+    device = next(model.parameters()).device
+    rows = [(group, resp) for group in groups for resp in group.responses]
+    # longest first: rows of a micro-batch have similar lengths, so little compute goes to padding
+    order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0].prompt_ids) + len(rows[i][1].token_ids)))
+    for start in range(0, len(order), micro_batch):
+        chunk = [rows[i] for i in order[start : start + micro_batch]]
+        width = max(len(g.prompt_ids) + len(r.token_ids) for g, r in chunk)
+        input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)  # (B, L)
+        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)  # (B, L)
+        spans, relative = [], []
+        for b, (group, resp) in enumerate(chunk):
+            seq = group.prompt_ids + resp.token_ids
+            offset = width - len(seq)
+            input_ids[b, offset:] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[b, offset:] = 1
+            steps = split_steps(torch.tensor(resp.token_ids, dtype=torch.long), sep_mask)
+            relative.append(steps)
+            spans.append(absolute_step_spans(len(group.prompt_ids), steps, offset=offset))
+        result = fci.score(
+            model, input_ids.to(device), attention_mask.to(device), spans, delta=delta, aggregate=aggregate, chunk_size=chunk_size
+        )
+        for b, (group, resp) in enumerate(chunk):
+            first = width - len(resp.token_ids)  # absolute position of the first response token
+            resp.step_spans = [list(s) for s in relative[b]]
+            resp.token_logprobs = result.token_logprobs[b, first:].tolist()
+            resp.token_entropy = result.token_entropy[b, first:].tolist()
+            answer_step = answer_summary_step([vocab_texts[t] for t in resp.token_ids], relative[b])
+            resp.step_fci = zero_fci_scores(
+                result.step_fci[b].float().cpu(),
+                answer_step,
+                zero_prompt=zero_prompt,
+                zero_first_step=zero_first_step,
+                zero_answer_summary=zero_answer_summary,
+            ).tolist()

@@ -1,0 +1,24 @@
+"""Update phase: one epoch of clipped PPO over the training batch's root-to-leaf paths."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+
+from tasks import session as sessions
+
+
+@sessions.phase_task("update")
+def update(handle: str, iteration: int) -> dict:
+    """Mutates the policy, so a retry first restores the weights + optimizer of attempt one."""
+    s = sessions.get(handle)
+    samples = s.staged.samples
+    if not samples:  # the pipeline is priming, or every prompt's leaves agreed
+        s.maybe_fail("update", iteration)
+        return {"actor/updated": 0.0}
+    s.snapshot_or_restore(iteration)
+    stats = s.trainer.update(samples, s.generator(iteration, "update"))
+    s.maybe_fail("update", iteration)  # after the weights moved: the retry must undo this attempt
+    out = {f"actor/{k}": float(v) for k, v in asdict(stats).items()}
+    out["actor/updated"] = 1.0
+    return out

@@ -1,0 +1,249 @@
+"""Integration: the training flow on the reduced tiny world, with real Prefect, MLflow and checkpoints.
+
+A session-scoped base policy (a short warm start on 1-2 operation problems, where even a small
+model gets some answers right, so trees have mixed leaves and updates happen) is shared by all
+tests; each test has its own MLflow store.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from attnrl_core.config import load_config
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TRAIN_REDUCED = [
+    "name=train-test",
+    "model.tiny.num_layers=2",
+    "model.tiny.hidden_size=64",
+    "model.tiny.num_heads=4",
+    "model.tiny.num_kv_heads=2",
+    "model.tiny.intermediate_size=128",
+    "data.levels=[1, 2]",
+    "warmstart.steps=250",
+    "warmstart.batch_size=32",
+    "warmstart.lr=3.0e-3",
+    "warmstart.flaw=0.0",
+    "data.heldout_size=16",
+    "data.max_response_tokens=64",
+    "eval.max_new_tokens=64",
+    "batch.prompts=4",
+    "batch.min_prompts=2",
+    "batch.max_prompts=8",
+    "batch.target_sequences=24",
+    "rollout.group_size=4",
+    "branch.min_token_offset=4",
+    "branch.min_token_gap=2",
+    "optim.minibatch_sequences=16",
+    "optim.lr=1.0e-4",
+    "train.iterations=3",
+    "train.eval_every=2",
+    "train.checkpoint_every=1",
+    "train.retry_delay_s=0",
+]
+
+
+CONFIG = str(REPO / "experiments/tiny.yaml")
+
+
+def cfg_json(*extra: str) -> dict:
+    return load_config(CONFIG, TRAIN_REDUCED + list(extra)).model_dump(mode="json")
+
+
+def train(uri: str, *extra: str, **kwargs) -> dict:
+    from flows.train import train_flow
+
+    return train_flow(CONFIG, TRAIN_REDUCED + list(extra), tracking_uri=uri, quiet=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def base_uri(session_home):
+    """Builds the shared base once (cached by the warm-start key in the session's runs folder)."""
+    from flows.warmstart import warmstart_flow
+
+    uri = f"sqlite:///{session_home / 'base-mlflow.db'}"
+    result = warmstart_flow(CONFIG, TRAIN_REDUCED, tracking_uri=uri, quiet=True)
+    assert result["heldout"]["1"] > 0.0, "the reduced base must solve some level-1 problems for trees to have mixed leaves"
+    return uri
+
+
+def run_metrics(uri: str, run_id: str) -> dict[tuple[str, int], float]:
+    """Every (metric, step) -> value of a run, timing metrics excluded (they measure the machine)."""
+    client = mlflow.MlflowClient(uri)
+    out = {}
+    for key in client.get_run(run_id).data.metrics:
+        if key.startswith(("time/", "progress/wall_s", "throughput/tokens_per_s")):
+            continue
+        for m in client.get_metric_history(run_id, key):
+            assert (key, m.step) not in out, f"metric {key} logged twice at step {m.step}"
+            out[(key, m.step)] = m.value
+    return out
+
+
+def final_weights(result: dict) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(Path(result["final_policy"]) / "model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"weights differ at {k}"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["method=attnrl"],
+        ["method=treerl"],
+        ["method=grpo", "optim.kl_coef=0.0"],
+        ["method=random"],
+        ["method=earliest"],
+        ["pipeline=on_policy", "expansion.fci_filter=false", "expansion.mode=uniform", "batch.adaptive=false"],
+        ["fci.aggregate=mean", "expansion.rounding=round", "batch.formula=paper", "expansion.strict=false"],
+    ],
+    ids=["attnrl", "treerl", "grpo", "random", "earliest", "on-policy-ablations", "paper-variants"],
+)
+def test_two_iterations_per_method(base_uri, tmp_path, extra):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = train(uri, "train.iterations=2", *extra)
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == load_config(None, extra).method
+    metrics = run_metrics(uri, result["run_id"])
+    steps = {step for (_, step) in metrics}
+    assert steps == {0, 1, 2}  # 0 = the base evaluation
+    assert ("progress/iteration", 2) in metrics and ("batch/prompts", 1) in metrics
+    assert ("eval/heldout/avg_at_1", 2) in metrics and ("eval/heldout/avg_at_1", 0) in metrics
+    assert ("actor/updated", 2) in metrics
+    if "pipeline=on_policy" in extra:
+        assert metrics[("actor/updated", 1)] == 1.0 or metrics[("batch/valid_sequences", 1)] == 0.0
+    else:
+        assert metrics[("actor/updated", 1)] == 0.0  # the first one-step iteration only primes
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
+    assert {"config", "eval", "trees", "checkpoints", "final_policy"} <= artifacts
+    assert Path(result["final_policy"], "config.json").is_file()
+
+
+def test_fault_injection_retry_matches_unfaulted_run(base_uri, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    clean = train(uri)
+    faulted = train(uri, "train.fault=rollout@1,score@2,branch@2,update@2,update@3,checkpoint@3")
+    assert_same_weights(final_weights(clean), final_weights(faulted))
+    assert run_metrics(uri, clean["run_id"]) == run_metrics(uri, faulted["run_id"])
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(base_uri, tmp_path):
+    from attnrl_core.errors import AttnRLError
+    from tasks.checkpoint import complete_checkpoints
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(AttnRLError, match="became"):
+        train(uri, "optim.lr=1.0e+38", "optim.grad_clip=1.0e+38", "train.iterations=6")
+    run = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("train-test").experiment_id])[0]
+    assert run.info.status == "FAILED"
+    done = complete_checkpoints(Path(run.data.tags["checkpoint_dir"]))
+    assert done, "the checkpoints written before the NaN are kept"
+    for path in done:
+        weights = torch.load(path / "policy.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True, env=env, **kw)
+
+
+def _env(uri: str) -> dict:
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = uri
+    return env
+
+
+def _sets(*extra: str) -> list[str]:
+    out = []
+    for item in TRAIN_REDUCED + list(extra):
+        out += ["--set", item]
+    return out
+
+
+def test_kill_9_then_resume_equals_uninterrupted_run(base_uri, tmp_path):
+    """SIGKILL at seeded random moments (mid-rollout, mid-update, mid-checkpoint...), resume until
+    done: same final weights, same metrics, no step logged twice, no checkpoint corrupted."""
+    import random
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    extra = ["train.iterations=5"]
+    reference = train(uri, *extra, run_name="reference")
+
+    env = _env(uri)
+    rng = random.Random(7)
+    command = ["train", "--quiet", "--run-name", "killed", *_sets(*extra)]
+    kills = 0
+    while True:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *command], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            # start-up costs ~10-20 s here, so these moments fall across the iterations' phases
+            proc.wait(timeout=rng.uniform(14.0, 30.0) if kills < 3 else 900)
+            break
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        client = mlflow.MlflowClient(uri)
+        started = client.search_runs(
+            [client.get_experiment_by_name("train-test").experiment_id], filter_string="attributes.run_name = 'killed'"
+        )
+        if started:  # killed before the run existed: start it again instead
+            command = ["resume", "killed", "--quiet"]
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    assert kills >= 1
+    client = mlflow.MlflowClient(uri)
+    killed = client.search_runs([client.get_experiment_by_name("train-test").experiment_id], filter_string="attributes.run_name = 'killed'")
+    assert len(killed) == 1 and killed[0].info.status == "FINISHED"
+    run_dir = Path(killed[0].data.tags["checkpoint_dir"])
+    assert_same_weights(final_weights(reference), final_weights({"final_policy": run_dir / "final_policy"}))
+    assert run_metrics(uri, reference["run_id"]) == run_metrics(uri, killed[0].info.run_id)
+
+
+def test_torn_checkpoint_is_skipped(base_uri, tmp_path):
+    from tasks.checkpoint import complete_checkpoints, is_complete
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = train(uri, "train.iterations=2", "train.keep_last=3")
+    run_dir = Path(result["checkpoint_dir"])
+    newest = complete_checkpoints(run_dir)[-1]
+    with open(newest / "policy.pt", "r+b") as f:  # a torn write: the file is cut short
+        f.truncate(100)
+    assert not is_complete(newest)
+    assert complete_checkpoints(run_dir)[-1].name == "iter_000001"
+
+
+def test_cli_train_end_to_end_and_bad_input(base_uri, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = _cli("train", "--quiet", *_sets("train.iterations=2"), env=_env(uri), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "before" in done.stdout and "after" in done.stdout and "MLflow run" in done.stdout
+
+    bad = _cli("train", "--quiet", "--set", "branch.rho=1.5", env=_env(uri), timeout=120)
+    assert bad.returncode == 2
+    assert "branch.rho" in bad.stderr and "<= 1.0" in bad.stderr
+
+    unreachable = _cli("train", "--quiet", *_sets(), "--tracking-uri", "http://127.0.0.1:9", env=_env(uri), timeout=120)
+    assert unreachable.returncode == 2 and "unreachable" in unreachable.stderr
+
+    missing = _cli("resume", "no-such-run", "--quiet", env=_env(uri), timeout=120)
+    assert missing.returncode == 2 and "no-such-run" in missing.stderr

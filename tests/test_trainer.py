@@ -1,0 +1,94 @@
+"""The PPO trainer and the scoring phase on a tiny random Qwen2."""
+
+import copy
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from attnrl_core import fci
+from attnrl_core.steps import absolute_step_spans, split_steps
+from attnrl_core.trainer import NonFiniteLoss, PolicySample, TorchTrainer, response_logprobs
+from attnrl_core.tree_sampling import PromptGroup, Response
+from attnrl_core.scoring import score_groups
+
+PAD = 0
+
+
+def tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=24, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, pad_token_id=PAD)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+SAMPLES = [
+    PolicySample([5, 6, 7], [8, 9, 10, 11], [0.5, 0.5, -1.0, -1.0], stored_logprobs=[-2.0, -2.5]),
+    PolicySample([5, 6], [12, 13], [1.0, 1.0]),
+    PolicySample([4], [9, 9, 9], [-0.3, -0.3, -0.3], stored_logprobs=[-1.0, -1.0, -1.0]),
+]
+
+
+def test_response_logprobs_match_a_direct_computation():
+    model = tiny_model()
+    logp, mask, ent = response_logprobs(model, SAMPLES, PAD, with_entropy=True)
+    for b, s in enumerate(SAMPLES):
+        seq = torch.tensor([s.prompt_ids + s.response_ids])
+        logits = model(seq).logits[0]  # (L, V)
+        for i, tok in enumerate(s.response_ids):
+            pos = len(s.prompt_ids) + i
+            dist = torch.log_softmax(logits[pos - 1], -1)
+            assert logp[b, i].item() == pytest.approx(dist[tok].item(), abs=1e-5)
+            assert ent[b, i].item() == pytest.approx(-(dist.exp() * dist).sum().item(), abs=1e-5)
+        assert mask[b].sum().item() == len(s.response_ids)
+
+
+def test_update_is_deterministic_and_moves_the_policy():
+    a, b = tiny_model(), tiny_model()
+    ref = copy.deepcopy(a).requires_grad_(False)
+    ta = TorchTrainer(a, ref, PAD, lr=1e-2, minibatch_sequences=2)
+    tb = TorchTrainer(b, copy.deepcopy(ref), PAD, lr=1e-2, minibatch_sequences=2)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    sa = ta.update(SAMPLES, torch.Generator().manual_seed(1))
+    sb = tb.update(SAMPLES, torch.Generator().manual_seed(1))
+    assert sa == sb and sa.minibatches == 2 and sa.tokens == 9
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k])
+    assert any(not torch.equal(before[k], v) for k, v in a.state_dict().items())
+
+
+def test_old_logprobs_use_the_stored_prefix_then_the_current_policy():
+    model = tiny_model()
+    trainer = TorchTrainer(model, None, PAD, lr=1e-3, kl_coef=0.0)
+    olds, refs = trainer._old_and_ref(SAMPLES)
+    current, _, _ = response_logprobs(model, SAMPLES, PAD)
+    assert olds[0][:2].tolist() == [-2.0, -2.5]
+    assert torch.allclose(olds[0][2:], current[0, 2:4])
+    assert torch.allclose(olds[1], current[1, :2])
+    assert refs == [None, None, None]
+
+
+def test_non_finite_loss_stops_the_update():
+    model = tiny_model()
+    trainer = TorchTrainer(model, None, PAD, lr=1e-3, kl_coef=0.0)
+    bad = [PolicySample([5], [6, 7], [float("nan"), 1.0])]
+    with pytest.raises(NonFiniteLoss, match="became"):
+        trainer.update(bad, torch.Generator().manual_seed(0))
+
+
+def test_score_groups_fills_fields_consistently_with_fci_score():
+    model = tiny_model()
+    sep = torch.zeros(24, dtype=torch.bool)
+    sep[3] = True
+    resp = [Response([9, 3, 10, 11, 3, 12, 3, 13], [-1.0] * 8), Response([14, 3, 15], [-1.0] * 3)]
+    group = PromptGroup("p", "q", "1", 1, [5, 6, 7], resp)
+    score_groups(model, [group], sep, vocab_texts=[f"t{i}" for i in range(24)], pad_token_id=PAD, delta=1, micro_batch=1)
+    r0 = group.responses[0]
+    assert r0.step_spans == [[0, 2], [2, 5], [5, 7], [7, 8]]
+    assert len(r0.step_fci) == 5 and r0.step_fci[0] == 0.0 and r0.step_fci[1] == 0.0  # zeroed
+    seq = torch.tensor([[5, 6, 7] + r0.token_ids])
+    spans = [absolute_step_spans(3, split_steps(torch.tensor(r0.token_ids), sep))]
+    direct = fci.score(model, seq, torch.ones_like(seq), spans, delta=1)
+    assert r0.step_fci[2:] == pytest.approx(direct.step_fci[0][2:].tolist(), abs=1e-6)
+    assert r0.token_logprobs == pytest.approx(direct.token_logprobs[0, 3:].tolist(), abs=1e-5)
+    assert len(group.responses[1].token_entropy) == 3
