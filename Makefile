@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= experiments/tiny.yaml
 
-.PHONY: venv train test test-fast test-vllm vllm-env ui bench clean
+.PHONY: venv train test test-fast test-fixture test-vllm vllm-env ui bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ vllm-env: $(VLLM_VENV)/.installed-stamp
 
 test-vllm: $(STAMP) vllm-env
 	$(PY) -m pytest -q tests/test_rollout_vllm.py
+
+# The integration tests start from a real base policy made by the warm-start flow (the default
+# flawed tiny base, 4 MB), kept in tests/fixtures so CI does not spend 5 minutes re-training it.
+test-fixture: $(STAMP)
+	$(VENV)/bin/attnrl warmstart --quiet --export tests/fixtures/tiny_base
 
 ui: $(STAMP)
 	$(VENV)/bin/attnrl ui

@@ -33,9 +33,9 @@ def _response_html(resp: Response, decode: Callable[[list[int]], str], top: floa
     for k, (start, end) in enumerate(resp.step_spans):
         fci = resp.step_fci[k + 1] if k + 1 < len(resp.step_fci) else 0.0
         alpha = 0.0 if top <= 0 else min(1.0, fci / top)
-        marker = ' bp" title="branch point' if start in points else ""
+        cls, tip = ("step bp", f"FCI {fci:.4f}, branch point") if start in points else ("step", f"FCI {fci:.4f}")
         text = escape(decode(resp.token_ids[start:end]))
-        parts.append(f'<span class="step{marker}" style="background:rgba(31,119,180,{alpha:.2f})" title="FCI {fci:.4f}">{text}</span>')
+        parts.append(f'<span class="{cls}" style="background:rgba(31,119,180,{alpha:.2f})" title="{tip}">{text}</span>')
     return "".join(parts) or escape(decode(resp.token_ids))
 
 

@@ -47,7 +47,7 @@ class UpdateStats:
 
 
 class NonFiniteLoss(AttnRLError):
-    """The loss or gradient norm became NaN/Inf: the run stops, the last checkpoint stays good."""
+    """The loss, gradient norm or weights became NaN/Inf: the run stops, the last checkpoint stays good."""
 
 
 def response_logprobs(
@@ -176,6 +176,13 @@ class TorchTrainer:
             tokens += stats.tokens
             minibatches += 1
         self.model.eval()
+        # a finite loss can still take a step that overflows the weights (a huge lr): stop here,
+        # before this update is committed or checkpointed
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise NonFiniteLoss(
+                "The policy weights became non-finite (NaN/Inf) in this update; the run stops here and keeps its "
+                "last good checkpoint. Lower optim.lr or optim.grad_clip."
+            )
         means = {k: v / max(tokens, 1) for k, v in totals.items()}
         return UpdateStats(
             **means,

@@ -3,9 +3,12 @@
     attnrl warmstart [--config F] [--set k=v ...]     build (or reuse) the tiny base policy
     attnrl train     [--config F] [--set k=v ...]     warm start + training + evaluation
     attnrl resume    RUN                              continue a run from its last checkpoint
+    attnrl runs                                       list training runs (for resume)
     attnrl eval      --model PATH --benchmark B ...   avg@K / pass@K on benchmarks
     attnrl config    [--config F] [--set k=v ...]     every field: resolved value and meaning
     attnrl ui                                         the MLflow UI on 127.0.0.1
+    attnrl sweep     --config SWEEP [--trials N] [--workers K] [--storage URL]   Optuna sweep
+    attnrl compare   --experiment NAME | --suite FILE    ablation table and plots
 
 A problem with the input (config field, data file and line, model path, tracking store) prints
 one paragraph and exits with code 2; nothing already written is touched.
@@ -81,15 +84,26 @@ def _heldout_table(title: str, columns: dict[str, dict]) -> Table:
 
 @app.command()
 @user_errors
-def warmstart(config: ConfigOpt = Path(DEFAULT_CONFIG), set: SetOpt = None, tracking_uri: UriOpt = None, quiet: QuietOpt = False):
+def warmstart(
+    config: ConfigOpt = Path(DEFAULT_CONFIG),
+    set: SetOpt = None,
+    tracking_uri: UriOpt = None,
+    quiet: QuietOpt = False,
+    export: Annotated[Optional[Path], typer.Option(help="Also copy the base policy (model + tokenizer) to this folder.")] = None,
+):
     """Train (or reuse from cache) the tiny base policy on synthetic demonstrations; log it to MLflow."""
-    cfg = _config(config, set)
+    _config(config, set)  # validate before any work: a bad field exits 2 here
     _quiet_libraries()
     from flows.warmstart import warmstart_flow
 
     result = warmstart_flow(str(config), set or [], tracking_uri=tracking_uri, quiet=quiet)
     out.print(_heldout_table("held-out greedy accuracy of the base policy", {"base": result["heldout"]}))
     out.print(f"base policy: {result['model_path']}" + (" (cached)" if result["cached"] else ""))
+    if export is not None:
+        import shutil
+
+        shutil.copytree(result["model_path"], export, dirs_exist_ok=True)
+        out.print(f"exported to {export}")
 
 
 def _train_report(result: dict) -> None:
@@ -116,7 +130,7 @@ def train(
     quiet: QuietOpt = False,
 ):
     """Warm start (cached), train with the configured method, evaluate; one MLflow run."""
-    cfg = _config(config, set)
+    _config(config, set)  # validate before any work: a bad field exits 2 here
     _quiet_libraries()
     from flows.train import train_flow
 
@@ -135,6 +149,42 @@ def resume(
     from flows.train import train_flow
 
     _train_report(train_flow(None, tracking_uri=tracking_uri, resume=run, quiet=quiet))
+
+
+@app.command()
+@user_errors
+def runs(
+    experiment: Annotated[Optional[str], typer.Option(help="Only this experiment (config name).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Newest N runs.")] = 20,
+    tracking_uri: UriOpt = None,
+):
+    """List training runs (newest first): name, id, status, last iteration, held-out accuracy."""
+    from mlflow.tracking import MlflowClient
+
+    from flows import tracking
+
+    uri = tracking.resolve_uri(tracking_uri)
+    tracking.preflight(uri)
+    client = MlflowClient(uri)
+    exps = client.search_experiments()
+    if experiment is not None:
+        exps = [e for e in exps if e.name == experiment]
+        if not exps:
+            raise AttnRLError(f"No MLflow experiment named {experiment!r} in {uri}.")
+    found = client.search_runs(
+        [e.experiment_id for e in exps], filter_string="tags.kind = 'train'", order_by=["attributes.start_time DESC"], max_results=limit
+    )
+    names = {e.experiment_id: e.name for e in exps}
+    table = Table(title=f"training runs in {uri}")
+    for col in ("experiment", "run name", "run id", "status", "iteration", "held-out"):
+        table.add_column(col, overflow="fold")
+    for r in found:
+        acc = next((v for k, v in r.data.metrics.items() if k.startswith("eval/heldout/avg_at_")), None)
+        table.add_row(
+            names.get(r.info.experiment_id, "?"), r.info.run_name, r.info.run_id, r.info.status,
+            str(int(r.data.metrics.get("progress/iteration", 0))), "-" if acc is None else f"{100 * acc:.1f}%",
+        )
+    out.print(table)
 
 
 @app.command(name="eval")
@@ -201,6 +251,97 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, tra
         cmd += ["--default-artifact-root", tracking.artifact_root()]
     out.print(f"MLflow UI on http://127.0.0.1:{port}  (store {uri})")
     raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+@user_errors
+def sweep(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Sweep YAML (see experiments/sweeps/): base config, objective, search space.")],
+    set: SetOpt = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="The study's TOTAL target of complete + pruned trials (default: the file's n_trials).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes running trials against the storage at the same time.")] = 1,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default sqlite:///runs/optuna.db), e.g. postgresql://user@host/db.")] = None,
+    tracking_uri: UriOpt = None,
+    quiet: QuietOpt = False,
+):
+    """Run or continue an Optuna study: one nested MLflow training run per trial, pruning at evaluations.
+
+    Re-running the same command continues the study (no trial is repeated); --trials is the
+    study's total, so --trials 30 on a study of 20 runs 10 more. The same command on several
+    machines against one --storage (PostgreSQL) and one MLflow server shares the work. The best
+    trial's full config is written to runs/sweeps/<study>/best.yaml, ready for `attnrl train --config`.
+    """
+    from flows.sweep import load_sweep
+
+    load_sweep(config, set or [])  # validate before any work: a bad field exits 2 here
+    _quiet_libraries()
+    from flows.sweep import sweep_flow
+
+    result = sweep_flow(str(config), set or [], n_trials=trials, workers=workers, storage=storage, tracking_uri=tracking_uri, quiet=quiet)
+    table = Table(title=f"study {result['study_name']} ({result['storage']})")
+    for col in ("trial", "state", "value", "values", "MLflow run"):
+        table.add_column(col, overflow="fold")
+    for row in result["trials"]:
+        value = "-" if row["value"] is None else f"{row['value']:.4g}"
+        retry = f" (retry of {row['retry_of']})" if row["retry_of"] is not None else ""
+        table.add_row(str(row["number"]) + retry, row["state"], value, ", ".join(f"{k}={v}" for k, v in row["params"].items()), row["mlflow_run_id"] or "-")
+    out.print(table)
+    c = result["counts"]
+    out.print(f"{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed of target {result['n_trials']}; parent MLflow run {result['parent_run_id']}")
+    if result["best"]:
+        out.print(f"best: trial {result['best']['number']} = {result['best']['value']:.4g} {result['best']['params']}")
+        out.print(f"best config: {result['best_config']}  (train it: attnrl train --config {result['best_config']})")
+
+
+@app.command()
+@user_errors
+def compare(
+    experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment whose finished training runs are compared.")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Metric to compare (default eval/heldout/avg_at_1, or the suite's).")] = None,
+    suite: Annotated[
+        Optional[Path], typer.Option(help="Ablation suite YAML (experiments/ablations/suite.yaml): first train every config x seed without a finished run, then compare.")
+    ] = None,
+    seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="With --suite: these seeds instead of the suite's (repeatable).")] = None,
+    set: SetOpt = None,
+    minimize: Annotated[bool, typer.Option(help="Lower is better (the 'best' column takes the minimum).")] = False,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG plots and the CSV/JSON table (default runs/compare/<experiment>).")] = None,
+    tracking_uri: UriOpt = None,
+    quiet: QuietOpt = False,
+):
+    """Table (mean ± std over seeds per method or ablation: final, best) and PNG plots against
+    iterations, generated tokens and wall-clock; all logged to a 'compare' MLflow run."""
+    from flows.compare import compare as compare_runs
+    from flows.compare import load_suite
+
+    if (experiment is None) == (suite is None):
+        raise AttnRLError("Give exactly one of --experiment NAME (compare its runs) or --suite FILE (run the suite, then compare it).")
+    failed = []
+    if suite is not None:
+        spec, _, experiment = load_suite(suite, seeds, set)  # validate before any work
+        metric = metric or spec.metric
+        _quiet_libraries()
+        from flows.compare import ablations_flow
+
+        done = ablations_flow(str(suite), seeds, set or [], tracking_uri=tracking_uri, quiet=quiet)
+        failed = done["failed"]
+    result = compare_runs(experiment, metric or "eval/heldout/avg_at_1", tracking_uri=tracking_uri, out_dir=out_dir, direction="minimize" if minimize else "maximize")
+    table = Table(title=f"{experiment}: {metric or 'eval/heldout/avg_at_1'} (mean ± std over seeds)")
+    for col in ("method / ablation", "seeds", "base", "final", "best", "tokens", "wall s"):
+        table.add_column(col, justify="left" if col.startswith("method") else "right")
+
+    def pm(mean: float, std: float, n: int) -> str:
+        return f"{mean:.4f}" + (f" ± {std:.4f}" if n > 1 else "")
+
+    for r in result["rows"]:
+        base = "-" if r["base_mean"] is None else f"{r['base_mean']:.4f}"
+        table.add_row(
+            r["group"], f"{r['runs']} ({r['seeds']})", base, pm(r["final_mean"], r["final_std"], r["runs"]), pm(r["best_mean"], r["best_std"], r["runs"]),
+            f"{r['tokens_mean']:.0f}", f"{r['wall_s_mean']:.1f}",
+        )
+    out.print(table)
+    out.print(f"plots and table: {result['out_dir']}  (MLflow run {result['mlflow_run_id']})")
+    if failed:
+        raise AttnRLError("These suite runs failed (the others are compared above): " + "; ".join(f"{f['ablation']} seed {f['seed']}: {f['error']}" for f in failed))
 
 
 if __name__ == "__main__":

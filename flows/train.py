@@ -98,6 +98,8 @@ def build_session(cfg: Config, base: str, state: sessions.TrainState, policy_sta
         engine = make_engine("hf", model=policy, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_batch_size=cfg.rollout.max_batch_size)
     else:
         engine = make_engine("vllm", model_path=base)
+        if policy_state is not None:  # resuming: the server starts from the base, not the checkpoint
+            engine.update_weights(policy)
     o = cfg.optim
     trainer = TorchTrainer(
         policy, reference, tokenizer.pad_token_id, lr=o.lr, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
@@ -267,7 +269,7 @@ def train_flow(
                         s.state.best = {"iteration": it, "score": score_now, "name": f"iter_{it:06d}"}
                     if it > already_logged:  # metrics go in the iteration's batch below
                         log_reports(client, run_id, reports, step=it, metrics=False)
-                        html = render_trees_html(s.staged.current[:4], s.tokenizer.decode, title=f"{run_id} iteration {it}")
+                        html = render_trees_html(s.staged.current[:4], lambda ids: s.tokenizer.decode(ids, skip_special_tokens=True), title=f"{run_id} iteration {it}")
                         client.log_text(run_id, html, f"trees/iter_{it:05d}.html")
                     progress.update(tid, acc=f"{100 * score_now:.1f}%")
                     if eval_hook and EVAL_HOOKS[eval_hook](it, {k: v for k, v in metrics.items() if k.startswith("eval/")}):

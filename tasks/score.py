@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from attnrl_core.scoring import score_groups
+from attnrl_core.trainer import NonFiniteLoss
 from tasks import session as sessions
 
 
@@ -26,6 +29,11 @@ def score(handle: str, iteration: int) -> dict:
             zero_first_step=cfg.fci.zero_first_step,
             zero_answer_summary=cfg.fci.zero_answer_summary,
             micro_batch=cfg.rollout.max_batch_size,
+        )
+    if any(not math.isfinite(x) for g in groups for r in g.responses for x in (*r.token_logprobs, *r.step_fci)):
+        raise NonFiniteLoss(
+            f"The policy's log-probs or FCI became non-finite (NaN/Inf) at iteration {iteration}: its weights diverged. "
+            "The run stops here and keeps its last good checkpoint; lower optim.lr."
         )
     s.maybe_fail("score", iteration)
     scores = [x for g in groups for r in g.responses for x in r.step_fci[1:]]

@@ -18,6 +18,9 @@ def update(handle: str, iteration: int) -> dict:
         return {"actor/updated": 0.0}
     s.snapshot_or_restore(iteration)
     stats = s.trainer.update(samples, s.generator(iteration, "update"))
+    # the engine samples the next batch from the new policy (a no-op for the hf engine, which
+    # shares the trainer's model object; the vllm server reloads the weights in place)
+    s.engine.update_weights(s.policy)
     s.maybe_fail("update", iteration)  # after the weights moved: the retry must undo this attempt
     out = {f"actor/{k}": float(v) for k, v in asdict(stats).items()}
     out["actor/updated"] = 1.0

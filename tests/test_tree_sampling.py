@@ -153,3 +153,16 @@ def test_engine_one_call_holds_initial_samples_and_continuations():
     again = engine.generate([[4, 5], [4, 5, 6, 7]], SamplingParams(max_new_tokens=5), seed=3, n=[6, 2])
     assert [[g.token_ids for g in x] for x in out] == [[g.token_ids for g in x] for x in again]
     assert len(alone[0]) == 2
+
+
+def test_render_marks_branch_points_and_verdicts():
+    from attnrl_core.render import render_trees_html
+
+    group = _group([1.0, 0.0])
+    group.responses[0].branch_points = [8]
+    reqs = continuation_requests([group], 32)
+    attach_continuations([group], reqs, [[Generation([5, SEP], [-0.1, -0.2], True)] * 2])
+    html = render_trees_html([group], decode=lambda ids: " ".join(map(str, ids)), title="t <x>")
+    assert html.count("step bp") == 1 and "t &lt;x&gt;" in html
+    assert html.count('class="ok"') == 1 and html.count('class="bad"') == 3  # 1 right, 1 wrong, 2 continuations
+    assert "from token 8" in html
