@@ -19,11 +19,13 @@ for a query token t of step j, and step(u) = k for a key token u of step k,
     y[k] = sum_{j >= k+delta} alpha[j,k]
          = (1/|S_k|) * sum_{u in S_k} z[u],   z[u] = sum_{t : step(t) - step(u) >= delta} w_t A[t,u]
 
-so each block of query rows adds a weighted, masked column sum to z (one pass over the block's
-probabilities, no factor of the number of steps), and each layer pools z over the key steps once.
-Because steps are contiguous and ordered, the admissible keys of a query row form a prefix
-[0, key_end(t)) with key_end(t) = end of step (step(t) - delta), which is also how the work on a
-block is cut short.
+and each layer pools z over the key steps once. Because steps are contiguous and ordered, the
+admissible keys of a query row form a prefix [0, key_end(t)) with key_end(t) = end of step
+(step(t) - delta), shared by all rows of its step. So a block of query rows, grouped by step
+(G groups, a few for real reasoning steps), adds to z with one thin matmul,
+(G x rows) step weights @ (rows x keys) probabilities, then a prefix mask per group: the
+probabilities are read once more and never copied, and keys past the block's last key_end are
+never touched.
 """
 
 from __future__ import annotations
@@ -39,12 +41,20 @@ from attnrl_core.errors import AttnRLError
 #: Name under which the scoring attention is registered in transformers' AttentionInterface.
 FCI_ATTENTION = "attnrl_fci"
 
-#: Default scratch budget per block of query rows, in bytes, when `chunk_size` is None.
-#: A block holds the fp32 scores and their softmax (2 x B x heads x chunk x keys x 4 bytes) plus
-#: a (B x chunk x keys) influence mask. 4 MiB keeps the extra peak memory of the scoring pass
-#: within ~1.2x of a plain SDPA forward on the tiny policy at L=4096, while blocks stay large
-#: enough (64 rows there) that Python overhead per block is a few percent (bench/fci.py).
-DEFAULT_SCRATCH_BYTES = 4 * 2**20
+#: How many query rows a block holds when `chunk_size` is None: as many as keep one fp32 block of
+#: scores (B x heads x rows x L x 4 bytes) within `DEFAULT_BLOCK_BYTES`, but at least
+#: `MIN_BLOCK_ROWS` and at most L / 8 (and L). Why (measured on this 2-core AMD EPYC, 1 MiB L2 per
+#: core, 32 MiB L3, one thread, CPU time of a whole scoring pass at L=4096; see bench/fci.py):
+#: - a block is swept several times (scores, mask, softmax, probs @ V, step-weighted sums), so it pays to keep it in cache: the tiny policy ran 0.47/0.46/0.45 s at 32/48/64 rows but
+#:   0.61 s at 128 and 0.70 s at 256 (plain SDPA forward 0.39-0.41 s);
+#: - below ~32 rows the per-block overhead (a dozen kernel calls) and thin matmuls dominate: the
+#:   12-head model ran 5.4-5.8 s at 16-21 rows, 5.0 s at 32-64 rows (plain 4.8 s);
+#: - rows <= L/8 keep the wasted upper triangle of the diagonal block under ~12%: at L=512 one
+#:   512-row block took 2x the time of 64-row blocks.
+#: The scratch is two such blocks (scores and probs, allocated once per call): 2 MiB blocks keep it
+#: ~4-5 MiB for the tiny policy.
+DEFAULT_BLOCK_BYTES = 2 * 2**20
+MIN_BLOCK_ROWS = 32
 
 AGGREGATES = ("max", "mean")
 
@@ -106,8 +116,8 @@ def step_layout(
     >>> lay.row_key_end.tolist(), lay.key_step.tolist(), lay.num_steps
     ([[0, 0, 2, 2, 4]], [[3, 0, 1, 1, 2]], [3])
     """
-    if delta < 0:
-        raise AttnRLError(f"FCI delta must be an integer >= 0 (SPEC §2 default 4); got {delta}.")
+    if not isinstance(delta, int) or isinstance(delta, bool) or delta < 0:
+        raise AttnRLError(f"FCI delta must be an integer >= 0 (SPEC §2 default 4); got {delta!r}.")
     B, L = attention_mask.shape
     if len(step_spans) != B:
         raise AttnRLError(
@@ -170,30 +180,59 @@ def step_layout(
     )
 
 
-def accumulate_key_influence(
-    probs: torch.Tensor, layout: StepLayout, row_start: int, key_influence: torch.Tensor
-) -> None:
+@dataclass
+class RowGroups:
+    """Query rows [row_start, row_end) grouped by step: the rows of a step share w_t and key_end.
+
+    weight[b, g, c]: w_t (= 1/|S_j|) if row t = row_start + c belongs to the block's g-th step
+                     of row b, else 0 (pads: 0).
+    key_end[b, g]:   keys u < key_end count for the g-th step (steps <= its step - delta).
+    key_limit:       the largest key_end: keys at or past it never count for this block.
+    """
+
+    weight: torch.Tensor  # (B, G, C) fp32
+    key_end: torch.Tensor  # (B, G) long
+    key_limit: int
+
+
+def row_groups(layout: StepLayout, row_start: int, row_end: int) -> RowGroups:
+    """Group the query rows of one block by step (see RowGroups).
+
+    Example (steps [0,1) [1,3), delta=1, the whole 3-row block): rows 0 | 1 2
+        weight = [[1, 0, 0], [0, .5, .5]]   key_end = [0, 1]   key_limit = 1
+    """
+    steps = layout.key_step[:, row_start:row_end]  # (B, C), pads hold S
+    weight = layout.row_weight[:, row_start:row_end]  # (B, C), pads hold 0
+    key_end = layout.row_key_end[:, row_start:row_end]  # (B, C)
+    real = weight > 0
+    first = torch.where(real, steps, steps.max()).amin(dim=1, keepdim=True)  # (B, 1) first step here
+    group = torch.where(real, steps - first, 0)  # (B, C), pads join group 0 with weight 0
+    G = int(group.max()) + 1
+    B, C = weight.shape
+    group_weight = weight.new_zeros(B, G, C).scatter_(1, group[:, None, :], weight[:, None, :])
+    group_end = key_end.new_zeros(B, G).scatter_reduce_(1, group, key_end, "amax")  # pads add 0
+    return RowGroups(weight=group_weight, key_end=group_end, key_limit=int(key_end.max()))
+
+
+def accumulate_key_influence(probs: torch.Tensor, groups: RowGroups, key_influence: torch.Tensor) -> None:
     """Add one block of attention rows to z[u] = sum_t w_t A[t,u] [step(t) - step(u) >= delta].
 
-    probs: (B, H, C, K) attention probabilities of query rows [row_start, row_start+C) over keys
-    [0, K); it is OVERWRITTEN (scaled in place) to spare a copy. key_influence: (B, H, >=K) fp32,
-    updated in place. Keys at or beyond the block's largest key_end are skipped (they never count).
+    probs: (B, H, C, K) attention probabilities of the block's query rows over keys [0, K) (read
+    only); groups: `row_groups` of the same rows; key_influence: (B, H, >=K) fp32, updated in place.
 
-    Example (one head, the 3x3 causal A below, steps [0,1) [1,3), delta=1):
-        A = [[1, 0, 0], [.5, .5, 0], [.2, .3, .5]]   w = [1, .5, .5], key_end = [0, 1, 1]
-        z = [.5*.5 + .5*.2, 0, 0] = [.35, 0, 0]
+    Example (one head, the 3x3 causal A below, steps [0,1) [1,3), delta=1, groups as in
+    `row_groups`):
+        A = [[1, 0, 0], [.5, .5, 0], [.2, .3, .5]]
+        pooled = weight @ A[:, :1] = [[1], [.5*.5 + .5*.2]] = [[1], [.35]]
+        z[0] += 1 * [0 < 0] + .35 * [0 < 1] = .35
     """
-    C = probs.shape[2]
-    key_end = layout.row_key_end[:, row_start : row_start + C]  # (B, C)
-    K = min(int(key_end.max()), probs.shape[3])
+    K = min(groups.key_limit, probs.shape[3])
     if K == 0:
         return
+    pooled = torch.matmul(groups.weight[:, None], probs[..., :K])  # (B, H, G, K)
     keys = torch.arange(K, device=probs.device)
-    weight = layout.row_weight[:, row_start : row_start + C, None]  # (B, C, 1)
-    # weight of (t, u): w_t where u is at least delta steps before t, else 0; shared by all heads
-    influence_mask = torch.where(keys < key_end[:, :, None], weight, 0.0)  # (B, C, K)
-    block = probs[..., :K].mul_(influence_mask[:, None])  # (B, H, C, K)
-    key_influence[..., :K] += block.sum(dim=2)  # (B, H, K)
+    admissible = keys < groups.key_end[:, :, None]  # (B, G, K): prefix of keys per step
+    key_influence[..., :K] += pooled.mul_(admissible[:, None]).sum(dim=2)  # (B, H, K)
 
 
 def pool_key_influence(key_influence: torch.Tensor, layout: StepLayout) -> torch.Tensor:
@@ -218,14 +257,30 @@ class _FCIAccumulator:
         self.chunk_size = chunk_size
         self.aggregate = aggregate
         self.per_head = None  # (B, S): running max, or running sum for "mean"
+        self._blocks = None
+        self._buffers = None
         self.heads_seen = 0
         self.layers_seen = 0
 
-    def rows_per_block(self, B: int, H: int, L: int) -> int:
-        if self.chunk_size is not None:
-            return min(self.chunk_size, L)
-        # scores + probs (H rows each) + the head-shared influence mask (1 row), fp32
-        return max(1, min(L, DEFAULT_SCRATCH_BYTES // (B * (2 * H + 1) * L * 4)))
+    def blocks(self, B: int, H: int, L: int) -> list[tuple[int, int, RowGroups]]:
+        """(row_start, row_end, row groups) of each block of query rows; the same for every layer."""
+        if self._blocks is None:
+            if self.chunk_size is not None:
+                rows = min(self.chunk_size, L)
+            else:
+                rows = min(DEFAULT_BLOCK_BYTES // (B * H * L * 4), -(-L // 8))
+                rows = min(max(rows, MIN_BLOCK_ROWS), L)
+            self._blocks = [
+                (c0, min(c0 + rows, L), row_groups(self.layout, c0, min(c0 + rows, L)))
+                for c0 in range(0, L, rows)
+            ]
+        return self._blocks
+
+    def buffers(self, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two flat fp32 scratch tensors of `size` elements, allocated once per call."""
+        if self._buffers is None or self._buffers[0].numel() < size:
+            self._buffers = tuple(torch.empty(size, dtype=torch.float32, device=device) for _ in range(2))
+        return self._buffers
 
     def add_layer(self, y: torch.Tensor) -> None:
         """y: (B, H, S) per-head influence of one layer."""
@@ -285,27 +340,33 @@ def fci_attention_forward(
         )
     G = H // Hkv  # query heads per key/value head
     scale = D**-0.5 if scaling is None else scaling
-    rows = acc.rows_per_block(B, H, L)
+    blocks = acc.blocks(B, H, L)
+    largest = max(c1 - c0 for c0, c1, _ in blocks)
+    future = torch.ones(largest, largest, dtype=torch.bool, device=query.device).triu_(1)  # (C, C)
     masked = torch.finfo(torch.float32).min  # finite like eager's mask: pad rows stay NaN-free
-    key_t = key.transpose(2, 3).contiguous()  # (B, Hkv, D, L)
+    key = key.contiguous()  # (B, Hkv, L, D): key[:, :, :c1] is contiguous, its transpose free
     value = value.contiguous()  # (B, Hkv, L, Dv)
     output = query.new_empty(B, L, H, Dv)  # (B, L, H, Dv)
     key_influence = torch.zeros(B, H, L, dtype=torch.float32, device=query.device)  # (B, H, L)
-    for c0 in range(0, L, rows):
-        c1 = min(c0 + rows, L)
+    # two fp32 blocks reused by every block of every layer: no allocator churn, no fresh pages
+    scores_buffer, probs_buffer = acc.buffers(B * H * largest * L, query.device)
+    for c0, c1, groups in blocks:
         C = c1 - c0
         # causal: rows [c0, c1) only see keys [0, c1); grouped heads share their key head (no copy)
         q = (query[:, :, c0:c1] * scale).reshape(B, Hkv, G * C, D)  # (B, Hkv, G*C, D)
-        scores = torch.matmul(q, key_t[..., :c1]).view(B, H, C, c1).float()  # (B, H, C, c1)
-        future = torch.ones(C, C, dtype=torch.bool, device=query.device).triu_(1)  # (C, C)
-        scores[..., c0:c1].masked_fill_(future, masked)
+        scores = scores_buffer[: B * H * C * c1].view(B, Hkv, G * C, c1)
+        if q.dtype == torch.float32:
+            torch.matmul(q, key[:, :, :c1].transpose(2, 3), out=scores)
+        else:  # half precision scores, softmax in fp32 as eager does
+            scores.copy_(torch.matmul(q, key[:, :, :c1].transpose(2, 3)))
+        scores = scores.view(B, H, C, c1)  # (B, H, C, c1)
+        scores[..., c0:c1].masked_fill_(future[:C, :C], masked)
         if acc.key_padding is not None:
             scores.masked_fill_(acc.key_padding[..., :c1], masked)
-        probs = torch.softmax(scores, dim=-1)  # (B, H, C, c1) fp32
-        del scores
+        probs = torch.softmax(scores, dim=-1, out=probs_buffer[: B * H * C * c1].view(B, H, C, c1))
         block = torch.matmul(probs.to(value.dtype).view(B, Hkv, G * C, c1), value[:, :, :c1])
         output[:, c0:c1] = block.view(B, H, C, Dv).transpose(1, 2)  # (B, C, H, Dv)
-        accumulate_key_influence(probs, acc.layout, c0, key_influence)
+        accumulate_key_influence(probs, groups, key_influence)
     acc.add_layer(pool_key_influence(key_influence, acc.layout))
     return output, None
 
@@ -390,7 +451,7 @@ def score(
     step_spans[b]: [start, end) absolute positions of the steps of row b; step 0 is the prompt.
     delta: steps j >= k + delta count towards y[k] (SPEC §2, default 4).
     aggregate: "max" over layers and heads (paper) or "mean" (ablation).
-    chunk_size: query rows per block; None picks it from DEFAULT_SCRATCH_BYTES (B, heads, L).
+    chunk_size: query rows per block; None picks it from B, heads and L (see DEFAULT_BLOCK_BYTES).
 
     Worked example (alignment). Row 0 is left-padded by two tokens, prompt = [7], one response
     step = [3, 9]:
@@ -404,8 +465,8 @@ def score(
     """
     if aggregate not in AGGREGATES:
         raise AttnRLError(f"fci.aggregate must be one of {AGGREGATES}; got {aggregate!r}.")
-    if chunk_size is not None and chunk_size < 1:
-        raise AttnRLError(f"FCI chunk_size must be a positive number of rows or None; got {chunk_size}.")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise AttnRLError(f"FCI chunk_size must be a positive number of rows or None; got {chunk_size!r}.")
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
         raise AttnRLError(
             f"input_ids and attention_mask must both be (batch, length); got {tuple(input_ids.shape)} "
@@ -414,7 +475,7 @@ def score(
     layout = step_layout(step_spans, attention_mask, delta)
     logits, fci = _forward_with_fci(model, input_ids, attention_mask, layout, aggregate, chunk_size)
     B, L, V = logits.shape
-    block_rows = max(1, min(L, DEFAULT_SCRATCH_BYTES // (2 * B * V * 4)))
+    block_rows = min(max(DEFAULT_BLOCK_BYTES // (B * V * 4), MIN_BLOCK_ROWS), L)
     token_logprobs, token_entropy = token_logprobs_and_entropy(logits, input_ids, attention_mask, block_rows)
     step_fci = [fci[b, :n].float() for b, n in enumerate(layout.num_steps)]
     return FCIResult(step_fci=step_fci, token_logprobs=token_logprobs, token_entropy=token_entropy)

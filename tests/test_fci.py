@@ -13,6 +13,7 @@ from attnrl_core.errors import AttnRLError
 from attnrl_core.fci import (
     _forward_with_fci,
     accumulate_key_influence,
+    row_groups,
     pool_key_influence,
     score,
     step_layout,
@@ -232,6 +233,18 @@ def test_logits_unchanged_and_implementation_restored(arch, side):
     assert torch.equal(again, plain)
 
 
+def test_half_precision_model_scores_close_to_fp32():
+    """bf16 scores go through the fp32-softmax branch; they stay close to the fp32 reference."""
+    model = tiny_model(seed=12)
+    ids, mask, spans = padded_batch([16, 12], 16, "left", seed=13)
+    want = reference_fci(eager_attentions(model, ids, mask), spans, 1, "max")
+    got = score(model.to(torch.bfloat16), ids, mask, spans, delta=1, chunk_size=5)
+    assert got.token_logprobs.dtype == torch.float32
+    for g, w in zip(got.step_fci, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), w, atol=0.05, rtol=0.05)
+
+
 def test_implementation_and_mode_restored_on_error():
     model = tiny_model(seed=9)
     model.set_attn_implementation("eager")
@@ -276,6 +289,8 @@ def test_bad_arguments_are_user_errors():
         score(model, ids, torch.ones_like(ids), [[(0, 4)]], chunk_size=0)
     with pytest.raises(AttnRLError, match="delta"):
         score(model, ids, torch.ones_like(ids), [[(0, 4)]], delta=-1)
+    with pytest.raises(AttnRLError, match="delta"):
+        score(model, ids, torch.ones_like(ids), [[(0, 4)]], delta=1.5)
     config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
                          sliding_window=2, layer_types=["sliding_attention"])
@@ -294,7 +309,10 @@ def fci_of_matrix(A, spans, delta, rows=None):
     rows = rows or L
     for c0 in range(0, L, rows):
         c1 = min(c0 + rows, L)
-        accumulate_key_influence(A[:, :, c0:c1, :c1].clone(), layout, c0, z)
+        block = A[:, :, c0:c1, :c1]
+        before = block.clone()
+        accumulate_key_influence(block, row_groups(layout, c0, c1), z)
+        assert torch.equal(block, before)  # the attention block is only read
     return pool_key_influence(z, layout)
 
 
@@ -326,6 +344,18 @@ def test_layout_of_docstring_example():
     assert lay.key_step.tolist() == [[3, 0, 1, 1, 2]]
     assert lay.step_scale.tolist() == [[1.0, 0.5, 1.0]]
     assert lay.num_steps == [3]
+
+
+def test_row_groups_of_padded_blocks():
+    lay = step_layout([[(1, 2), (2, 4), (4, 5)]], torch.tensor([[0, 1, 1, 1, 1]]), delta=1)
+    whole = row_groups(lay, 0, 5)  # the pad row joins group 0 with weight 0
+    assert whole.weight.tolist() == [[[0, 1, 0, 0, 0], [0, 0, 0.5, 0.5, 0], [0, 0, 0, 0, 1]]]
+    assert whole.key_end.tolist() == [[0, 2, 4]] and whole.key_limit == 4
+    tail = row_groups(lay, 2, 5)  # groups count from the block's first step
+    assert tail.weight.tolist() == [[[0.5, 0.5, 0], [0, 0, 1]]]
+    assert tail.key_end.tolist() == [[2, 4]] and tail.key_limit == 4
+    pads = row_groups(lay, 0, 1)  # a block of padding only: nothing counts
+    assert pads.weight.tolist() == [[[0.0]]] and pads.key_limit == 0
 
 
 @settings(max_examples=40, deadline=None)
