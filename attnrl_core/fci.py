@@ -453,6 +453,11 @@ def score(
     aggregate: "max" over layers and heads (paper) or "mean" (ablation).
     chunk_size: query rows per block; None picks it from B, heads and L (see DEFAULT_BLOCK_BYTES).
 
+    Positions are counted from each row's first real token (as `generate` does), so padding never
+    changes a row's scores. The model runs in eval mode under no_grad with its attention swapped
+    for the duration of the call; both are restored afterwards, also on errors. Not for concurrent
+    use of one model object from several threads (the swap is on the model's config).
+
     Worked example (alignment). Row 0 is left-padded by two tokens, prompt = [7], one response
     step = [3, 9]:
         input_ids      = [[0, 0, 7, 3, 9]]      attention_mask = [[0, 0, 1, 1, 1]]
