@@ -113,19 +113,19 @@ def assert_fci_close(got, want):
         torch.testing.assert_close(g.double(), w, atol=TOL, rtol=0)
 
 
-SHAPES = [
-    ("qwen2", 32, 4, 2),
-    ("qwen2", 48, 6, 2),
-    ("qwen2", 32, 4, 1),
-    ("llama", 32, 4, 4),
-    ("llama", 64, 4, 2),
+SHAPES = [  # arch, hidden, heads, kv heads, layers
+    ("qwen2", 32, 4, 2, 2),
+    ("qwen2", 48, 6, 2, 3),
+    ("qwen2", 32, 4, 1, 1),
+    ("llama", 32, 4, 4, 2),
+    ("llama", 64, 4, 2, 3),
 ]
 
 
-@pytest.mark.parametrize("arch,hidden,heads,kv_heads", SHAPES)
+@pytest.mark.parametrize("arch,hidden,heads,kv_heads,layers", SHAPES)
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_fci_matches_eager_reference(arch, hidden, heads, kv_heads, side):
-    model = tiny_model(arch, hidden, heads, kv_heads)
+def test_fci_matches_eager_reference(arch, hidden, heads, kv_heads, layers, side):
+    model = tiny_model(arch, hidden, heads, kv_heads, layers)
     ids, mask, spans = padded_batch([23, 15, 9], 23, side, seed=hidden + heads)
     attentions = eager_attentions(model, ids, mask)
     for chunk in (None, 5, 1):  # 5 < L and does not divide 23
