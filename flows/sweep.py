@@ -282,10 +282,12 @@ def open_storage(url: str, heartbeat: HeartbeatSpec, on_stale=None) -> optuna.st
         # several worker processes share one file: wait for its lock instead of failing at once
         engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval_s, grace_period=heartbeat.grace_s,
-            heartbeat_stale_trial_callback=on_stale,
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" in optuna 5 and are what re-queues a dead worker's trial
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval_s, grace_period=heartbeat.grace_s,
+                heartbeat_stale_trial_callback=on_stale,
+            )
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot use this storage"
         raise AttnRLError(
             f"Optuna storage {public_url(url)} cannot be opened ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
@@ -370,11 +372,20 @@ def _objective_value(client: MlflowClient, run_id: str, spec: SweepSpec) -> floa
     return max(values) if spec.direction == "maximize" else min(values)
 
 
+def retry_callback(max_retry: int) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """Queues a copy of a trial (same values, same reported evaluations) that knows which trial
+    it retries: Optuna's own mechanism for a dead worker's trial, used for Ctrl-C as well."""
+    with warnings.catch_warnings():  # experimental in optuna 5 (as RetryFailedTrialCallback was)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
+
+
 def make_objective(spec: SweepSpec, base: Path, fixed: list[str], tracking_uri: str, experiment_id: str, parent_run_id: str, quiet: bool):
     """The function Optuna calls per trial: one `train_flow` run with the trial's values."""
     from flows.train import EVAL_HOOKS, train_flow
 
     client = MlflowClient(tracking_uri)
+    requeue = retry_callback(spec.heartbeat.max_retry)
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
@@ -397,6 +408,8 @@ def make_objective(spec: SweepSpec, base: Path, fixed: list[str], tracking_uri: 
             if previous is not None:
                 client.set_tag(previous.info.run_id, "optuna_trial", str(trial.number))
                 client.set_tag(previous.info.run_id, "optuna_retry_of", ",".join(map(str, history)))
+                if "error" in previous.data.tags:  # set when its worker was found dead; the run lives on
+                    client.delete_tag(previous.info.run_id, "error")
                 result = train_flow(None, tracking_uri=tracking_uri, resume=previous.info.run_id, quiet=quiet, eval_hook=hook)
             else:
                 tags = {"sweep": spec.study_name, "optuna_trial": str(trial.number), **{f"trial.{k}": format_value(v) for k, v in params.items()}}
@@ -404,6 +417,11 @@ def make_objective(spec: SweepSpec, base: Path, fixed: list[str], tracking_uri: 
                     str(base), fixed + trial_overrides(params), run_name=f"{spec.study_name}-trial-{trial.number:03d}",
                     tracking_uri=tracking_uri, quiet=quiet, parent_run_id=parent_run_id, extra_tags=tags, eval_hook=hook,
                 )
+        except KeyboardInterrupt:
+            # Ctrl-C mid-trial: queue the trial again, so the next run of the sweep resumes its
+            # MLflow run from the last checkpoint instead of counting it as a failure
+            requeue(trial.study, next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
+            raise
         except Exception as exc:  # noqa: BLE001 - a trial's failure (NaN loss, OOM, ...) must not end the sweep
             run = trial_run(client, experiment_id, spec.study_name, trial.number)
             if run is not None:
@@ -427,9 +445,7 @@ def requeue_stale_trial(tracking_uri: str, experiment_id: str, study_name: str, 
     """Heartbeat callback for a dead worker's trial: re-queue it with the same values (and the
     evaluations it reported) and mark its MLflow run FAILED; the retry resumes that run and sets
     it RUNNING again."""
-    with warnings.catch_warnings():  # experimental in optuna 5 (as RetryFailedTrialCallback was)
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
+    retry = retry_callback(max_retry)
 
     def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         retry(study, trial)

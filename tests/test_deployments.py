@@ -67,6 +67,9 @@ def test_train_deployment_runs_through_a_worker(prefect_server, tmp_path):
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _run([PREFECT, "work-pool", "create", "attnrl-local", "--type", "process"], env)
     _run([PREFECT, "--no-prompt", "deploy", "--all"], env)
+    # the sweep deployment ships with its nightly schedule switched off
+    schedules = _run([PREFECT, "deployment", "schedule", "ls", "sweep/attnrl-sweep"], env).stdout
+    assert "0 2 * * *" in schedules and "False" in schedules, schedules
     params = {"overrides": TRAIN_REDUCED + ["train.iterations=2", "name=deployed"], "run_name": "via-worker", "quiet": True}
     _run([PREFECT, "deployment", "run", "train/attnrl-train", "--params", json.dumps(params)], env)
     _run([PREFECT, "worker", "start", "--pool", "attnrl-local", "--run-once"], env)
