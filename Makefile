@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= experiments/tiny.yaml
 
-.PHONY: venv train test test-fast test-fixture test-vllm vllm-env ui bench clean
+.PHONY: venv train test test-fast test-fixture test-vllm vllm-env ui bench sweep ablations clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,18 @@ test-vllm: $(STAMP) vllm-env
 # flawed tiny base, 4 MB), kept in tests/fixtures so CI does not spend 5 minutes re-training it.
 test-fixture: $(STAMP)
 	$(VENV)/bin/attnrl warmstart --quiet --export tests/fixtures/tiny_base
+
+# An Optuna study over the branching hyperparameters (re-running continues it); WORKERS=K runs
+# K worker processes against one storage (STORAGE=postgresql://... to share it across machines).
+SWEEP   ?= experiments/sweeps/branching.yaml
+WORKERS ?= 1
+sweep: $(STAMP)
+	$(VENV)/bin/attnrl sweep --config $(SWEEP) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE))
+
+# The paper's Table 2 rows + GRPO, random and earliest branching, each over the suite's seeds:
+# trains what has no finished run yet, then prints the table and writes the plots.
+ablations: $(STAMP)
+	$(VENV)/bin/attnrl compare --suite experiments/ablations/suite.yaml
 
 ui: $(STAMP)
 	$(VENV)/bin/attnrl ui
