@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,7 +70,7 @@ class ParamSpec(_Spec):
     choices: list[Any] | None = Field(None, min_length=1, description="The values of a categorical dimension.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ParamSpec":
+    def _consistent(self) -> ParamSpec:
         if self.type == "categorical":
             if self.choices is None or self.low is not None or self.high is not None or self.log or self.step is not None:
                 raise ValueError("a categorical dimension takes `choices` only (no low/high/log/step)")
@@ -113,7 +114,7 @@ class ObjectiveSpec(_Spec):
 
 class SamplerSpec(_Spec):
     name: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler.")
-    seed: int | None = Field(None, description="Sampler seed (worker i of K uses seed + i); null = fresh entropy.")
+    seed: int | None = Field(None, description="Sampler seed, mixed with machine, worker index and trials so far; null = fresh entropy.")
     n_startup_trials: int = Field(10, ge=0, description="TPE: random trials before the model-based search starts.")
 
 
@@ -134,7 +135,7 @@ class HeartbeatSpec(_Spec):
     max_retry: int = Field(3, ge=0, description="How often one trial is re-queued after its worker died.")
 
     @model_validator(mode="after")
-    def _grace_covers_beats(self) -> "HeartbeatSpec":
+    def _grace_covers_beats(self) -> HeartbeatSpec:
         if self.grace_s <= self.interval_s:
             raise ValueError(f"grace_s must exceed interval_s, or live trials look dead (got grace_s={self.grace_s}, interval_s={self.interval_s})")
         return self
@@ -239,10 +240,15 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
 
 def make_sampler(spec: SamplerSpec, worker: int = 0, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
-    """The sampler of one worker. Its seed mixes the file's seed with the worker index (K workers
-    seeded alike would propose the same values) and the study's trial count when it starts (a
-    resumed study would otherwise replay the first run's random draws)."""
-    seed = None if spec.seed is None else int(np.random.SeedSequence([spec.seed, worker, resumed_at]).generate_state(1)[0])
+    """The sampler of one worker. Its seed mixes the file's seed with the machine and worker index
+    (K workers seeded alike would propose the same values) and the study's trial count when it
+    starts (a resumed study would otherwise replay the first run's random draws); the same
+    command on the same machine draws the same values."""
+    if spec.seed is None:
+        seed = None
+    else:
+        machine = zlib.crc32(socket.gethostname().encode())
+        seed = int(np.random.SeedSequence([spec.seed, machine, worker, resumed_at]).generate_state(1)[0])
     if spec.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials)
@@ -422,7 +428,7 @@ def make_objective(spec: SweepSpec, base: Path, fixed: list[str], tracking_uri: 
             # MLflow run from the last checkpoint instead of counting it as a failure
             requeue(trial.study, next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
             raise
-        except Exception as exc:  # noqa: BLE001 - a trial's failure (NaN loss, OOM, ...) must not end the sweep
+        except Exception as exc:
             run = trial_run(client, experiment_id, spec.study_name, trial.number)
             if run is not None:
                 trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -603,7 +609,7 @@ def sweep_flow(
         study.enqueue_trial(point, skip_if_exists=True)
     client = MlflowClient(uri)
     parent_run_id = ensure_parent_run(client, experiment_id, study, spec, sweep_path, storage_url)
-    shared = dict(spec_json=spec.model_dump(mode="json"), base=str(base), fixed=fixed, storage_url=storage_url, tracking_uri=uri, n_trials=target)
+    shared = {"spec_json": spec.model_dump(mode="json"), "base": str(base), "fixed": fixed, "storage_url": storage_url, "tracking_uri": uri, "n_trials": target}
     status = "FINISHED"
     try:
         if workers == 1:

@@ -14,7 +14,15 @@ from typer.testing import CliRunner
 
 from attnrl_core.config import flatten, load_config
 from attnrl_core.errors import AttnRLError
-from flows.compare import RunCurve, compare, group_band, load_suite, plot, slug, summarize
+from flows.compare import (
+    RunCurve,
+    compare,
+    group_band,
+    load_suite,
+    plot,
+    slug,
+    summarize,
+)
 from tests.conftest import REPO
 from tests.test_train_flow import TRAIN_REDUCED, base_uri  # noqa: F401  (the shared reduced base)
 

@@ -3,7 +3,6 @@ reduced tiny world — pruning and resume on SQLite, and two workers on a real P
 one of them SIGKILLed mid-trial."""
 
 import glob
-import json
 import os
 import shutil
 import signal
@@ -25,7 +24,15 @@ from typer.testing import CliRunner
 
 from attnrl_core.config import load_config, parse_override
 from attnrl_core.errors import AttnRLError
-from flows.sweep import format_value, load_sweep, make_pruner, make_sampler, SamplerSpec, PrunerSpec, study_counts
+from flows.sweep import (
+    PrunerSpec,
+    SamplerSpec,
+    format_value,
+    load_sweep,
+    make_pruner,
+    make_sampler,
+    study_counts,
+)
 from tests.conftest import REPO
 from tests.test_train_flow import TRAIN_REDUCED, base_uri  # noqa: F401  (the shared reduced base)
 
@@ -243,7 +250,7 @@ def postgres_url():
         conn.close()
         yield f"postgresql+psycopg2://attnrl@127.0.0.1:{port}/optuna"
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False, capture_output=True, timeout=60)
         shutil.rmtree(home, ignore_errors=True)
 
 
