@@ -201,6 +201,56 @@ def test_sweep_prunes_a_worse_trial_and_a_rerun_adds_exactly_the_missing_trial(b
     assert "best" in {a.path for a in client.list_artifacts(first["parent_run_id"])}
 
 
+@pytest.mark.slow
+def test_ctrl_c_mid_trial_requeues_it_and_the_rerun_resumes_its_run(base_uri, tmp_path):  # noqa: F811
+    """SIGINT while a trial trains (after its first iteration was logged): the sweep stops with
+    KeyboardInterrupt, the trial is re-queued, and running the sweep again finishes it inside the
+    same MLflow run, without logging any iteration twice."""
+    import threading
+
+    from flows.sweep import sweep_flow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = write_sweep(tmp_path / "interrupt.yaml", n_trials=1)
+    name = yaml.safe_load(path.read_text())["study_name"]
+    overrides = TRIAL + ["train.iterations=3", "train.eval_every=3"]
+    client = mlflow.MlflowClient(uri)
+    interrupted = threading.Event()
+
+    def press_ctrl_c_after_first_iteration():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            time.sleep(0.2)
+            experiment = client.get_experiment_by_name("train-test") if Path(uri[len("sqlite:///") :]).exists() else None
+            runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.optuna_trial = '0' and tags.sweep = '{name}'") if experiment else []
+            if runs and client.get_metric_history(runs[0].info.run_id, "progress/iteration"):
+                interrupted.set()
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    watcher = threading.Thread(target=press_ctrl_c_after_first_iteration, daemon=True)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        sweep_flow(str(path), overrides, storage=storage, tracking_uri=uri)
+    watcher.join()
+    assert interrupted.is_set()
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert [(t.number, t.state.name) for t in study.trials] == [(0, "FAIL"), (1, "WAITING")]
+    assert study.trials[1].system_attrs["failed_trial"] == 0 and study_counts(study)["failed"] == 0
+    (run,) = client.search_runs([client.get_experiment_by_name("train-test").experiment_id], filter_string=f"tags.sweep = '{name}' and tags.kind = 'train'")
+    assert run.info.status == "FAILED"
+    parent = client.search_runs([run.info.experiment_id], filter_string=f"tags.optuna_study = '{name}'")[0]
+    assert parent.info.status == "KILLED"
+
+    result = sweep_flow(str(path), overrides, storage=storage, tracking_uri=uri)
+    assert [(t["number"], t["state"]) for t in result["trials"]] == [(0, "FAIL"), (1, "COMPLETE")]
+    assert result["trials"][1]["mlflow_run_id"] == run.info.run_id and result["trials"][1]["retry_of"] == 0
+    resumed = client.get_run(run.info.run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["optuna_trial"] == "1"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "progress/iteration")) == [1, 2, 3]
+
+
 # ------------------------------------------------------------------------ PostgreSQL ----
 
 
