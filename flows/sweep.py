@@ -10,9 +10,10 @@ again by its `optuna_study` tag), tagged with the trial number and its values.
 
 Counting: `n_trials` is the study's TOTAL target, counted as COMPLETE + PRUNED trials across every
 run of the sweep and every worker. Re-running the same sweep continues the study where it stopped
-(no trial is repeated); `--trials 30` on a study that holds 20 runs 10 more. Failed trials do not
-count: they are visible as FAIL in Optuna and FAILED in MLflow, and the sweep stops once
-`max_failed_trials` of them pile up.
+(no trial is repeated); `--trials 30` on a study that holds 20 runs 10 more. A trial stopped by
+Ctrl-C is re-queued, and the next run resumes its MLflow run from the last checkpoint. Failed
+trials do not count: they are visible as FAIL in Optuna and FAILED in MLflow, and the sweep stops
+once `max_failed_trials` of them pile up.
 
 Workers: `--workers K` starts K worker processes against one storage; each runs trials until the
 study's total reaches n_trials. A worker that dies mid-trial stops beating its heartbeat; after
