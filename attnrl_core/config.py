@@ -264,17 +264,18 @@ def parse_override(text: str) -> dict:
     return tree
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml_mapping(path: Path, what: str = "Config file") -> dict:
+    """A YAML file holding a top-level mapping; AttnRLError names the file (and the line) otherwise."""
     if not path.is_file():
-        raise AttnRLError(f"Config file {path} does not exist.")
+        raise AttnRLError(f"{what} {path} does not exist.")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise AttnRLError(f"Config file {path}{where} is not valid YAML: {exc}") from None
+        raise AttnRLError(f"{what} {path}{where} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise AttnRLError(f"Config file {path} must hold a mapping of fields at top level, not {type(data).__name__}.")
+        raise AttnRLError(f"{what} {path} must hold a mapping of fields at top level, not {type(data).__name__}.")
     return data
 
 
@@ -321,7 +322,7 @@ def validation_message(exc: ValidationError, source: str) -> str:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Resolve defaults < method preset < YAML < overrides into a validated Config."""
-    raw: dict = _read_yaml(Path(path)) if path is not None else {}
+    raw: dict = read_yaml_mapping(Path(path)) if path is not None else {}
     for text in overrides:
         raw = _deep_merge(raw, parse_override(text))
     method = raw.get("method", "attnrl")

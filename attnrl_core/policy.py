@@ -87,7 +87,7 @@ def load_policy(path: str | Path, model_cfg: ModelConfig | None = None):
         )
     dtype = getattr(torch, model_cfg.dtype)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = _load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as exc:
         raise AttnRLError(
@@ -98,6 +98,23 @@ def load_policy(path: str | Path, model_cfg: ModelConfig | None = None):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(model_cfg.device), tokenizer
+
+
+def _load_tokenizer(path: str):
+    """The folder's own tokenizer.
+
+    AutoTokenizer picks the tokenizer class from config.json's model_type, so for a folder that
+    holds a Qwen2 model it rebuilds a Qwen2 pipeline (ByteLevel pre-tokenizer, NFC) around our
+    character vocabulary, which silently drops every space. A folder whose tokenizer_config
+    names the generic class is therefore loaded as exactly what tokenizer.json says.
+    """
+    config = Path(path).expanduser() / "tokenizer_config.json"
+    if config.is_file():
+        import json
+
+        if json.loads(config.read_text()).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
