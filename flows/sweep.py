@@ -46,7 +46,7 @@ from mlflow.tracking import MlflowClient
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from attnrl_core.config import describe_fields, load_config
+from attnrl_core.config import describe_fields, load_config, read_yaml_mapping
 from attnrl_core.errors import AttnRLError
 from flows import RUNS_DIR, tracking
 
@@ -202,16 +202,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     an hour of trials. `overrides` are extra fixed base-config overrides (after the file's).
     """
     path = Path(path)
-    if not path.is_file():
-        raise AttnRLError(f"Sweep file {path} does not exist (see experiments/sweeps/).")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise AttnRLError(f"Sweep file {path}{where} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise AttnRLError(f"Sweep file {path} must hold a mapping of fields at top level, not {type(raw).__name__}.")
+    raw = read_yaml_mapping(path, what="Sweep file")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:
