@@ -271,9 +271,12 @@ def sweep(
     machines against one --storage (PostgreSQL) and one MLflow server shares the work. The best
     trial's full config is written to runs/sweeps/<study>/best.yaml, ready for `attnrl train --config`.
     """
-    from flows.sweep import load_sweep
+    from flows import tracking
+    from flows.sweep import default_storage, load_sweep, open_storage
 
-    load_sweep(config, set or [])  # validate before any work: a bad field exits 2 here
+    spec, _, _ = load_sweep(config, set or [])  # validate before any work: a bad field exits 2 here
+    open_storage(storage or default_storage(), spec.heartbeat)  # so does an unreachable storage or tracking store
+    tracking.preflight(tracking.resolve_uri(tracking_uri))
     _quiet_libraries()
     from flows.sweep import sweep_flow
 

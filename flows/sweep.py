@@ -208,6 +208,11 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     except ValidationError as exc:
         raise _spec_error(exc, str(path)) from None
     base = resolve_base(spec, path)
+    if not base.is_file():
+        raise AttnRLError(
+            f"Sweep file {path}: base_config {spec.base_config} exists neither under the working directory ({Path.cwd()}) "
+            f"nor beside the sweep file; run from the project folder or give an absolute path."
+        )
     fixed = list(spec.overrides) + list(overrides)
     load_config(base, fixed)  # the base itself must be valid (raises naming its field)
     leaves = {name for name, _, _ in describe_fields()}

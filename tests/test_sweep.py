@@ -97,7 +97,7 @@ def test_shipped_sweep_files_are_valid(monkeypatch):
         ({"enqueue": [{"branch.rho": 0.9}]}, "enqueue[0].branch.rho"),
         ({"enqueue": [{"optim.lr": 0.1}]}, "not in search_space"),
         ({"heartbeat": {"interval_s": 10, "grace_s": 5}}, "grace_s must exceed interval_s"),
-        ({"base_config": "no/such/config.yaml"}, "does not exist"),
+        ({"base_config": "no/such/config.yaml"}, "base_config no/such/config.yaml exists neither"),
         ({"overrides": ["branch.rho=7"]}, "branch.rho"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -116,6 +116,8 @@ def test_cli_sweep_rejects_a_bad_file_with_exit_code_2(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "--config", str(path)])
     assert result.exit_code == 2
     assert "search_space.branch.rho" in result.stderr and "<= 1.0" in result.stderr
+    unreachable = CliRunner().invoke(app, ["sweep", "--config", str(write_sweep(tmp_path / "ok.yaml")), "--storage", "postgresql+psycopg2://nobody@127.0.0.1:9/optuna"])
+    assert unreachable.exit_code == 2 and "Optuna storage postgresql+psycopg2://nobody@127.0.0.1:9/optuna cannot be opened" in unreachable.stderr
     assert CliRunner().invoke(app, ["sweep", "--help"]).exit_code == 0
 
 
