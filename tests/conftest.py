@@ -18,6 +18,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One intra-op thread in this process AND every subprocess a test starts: the tiny models gain
+# nothing from a second thread, results stay bit-identical across processes (a kill -9 + resume
+# run must equal the in-process reference), and nothing thrashes when the machine is busy.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parent.parent
 

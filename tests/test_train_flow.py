@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -44,6 +45,9 @@ TRAIN_REDUCED = [
     "train.eval_every=2",
     "train.checkpoint_every=1",
     "train.retry_delay_s=0",
+    # a verdict must not depend on how busy the machine is: runs compared bit for bit must not
+    # see a fallback time out in one and not the other
+    "verify.timeout_s=60",
 ]
 
 
@@ -158,6 +162,9 @@ def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProce
 def _env(uri: str) -> dict:
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = uri
+    # a Prefect home of its own: a subprocess we SIGKILL must not take down (or share) the
+    # temporary API server of this test process
+    env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="attnrl-cli-prefect-")
     return env
 
 
