@@ -24,6 +24,7 @@ from typing import Annotated, Optional
 
 import flows  # noqa: F401  (sets offline/quiet environment defaults before the stack is imported)
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -328,18 +329,24 @@ def compare(
         done = ablations_flow(str(suite), seeds, set or [], tracking_uri=tracking_uri, quiet=quiet)
         failed = done["failed"]
     result = compare_runs(experiment, metric or "eval/heldout/avg_at_1", tracking_uri=tracking_uri, out_dir=out_dir, direction="minimize" if minimize else "maximize")
-    table = Table(title=f"{experiment}: {metric or 'eval/heldout/avg_at_1'} (mean ± std over seeds)")
-    for col in ("method / ablation", "seeds", "base", "final", "best", "tokens", "wall s"):
-        table.add_column(col, justify="left" if col.startswith("method") else "right")
+    rows = result["rows"]
+    # rates (accuracies) print as percentages, like the other tables: the table then fits 80 columns
+    rate = all(0.0 <= r[k] <= 1.0 for r in rows for k in ("final_mean", "final_std", "best_mean", "best_std"))
+    scale = 100.0 if rate else 1.0
+    table = Table(title=f"{experiment}: {metric or 'eval/heldout/avg_at_1'}{' in %' if rate else ''}, mean ± std over seeds", box=box.SIMPLE)
+    table.add_column("method / ablation", overflow="fold")  # long ablation names wrap, numbers never do
+    for col in ("n", "base", "final", "best", "tokens", "wall s"):
+        table.add_column(col, justify="right", no_wrap=True)
 
     def pm(mean: float, std: float, n: int) -> str:
-        return f"{mean:.4f}" + (f" ± {std:.4f}" if n > 1 else "")
+        digits = 2 if rate else 4
+        return f"{scale * mean:.{digits}f}" + (f"±{scale * std:.{digits}f}" if n > 1 else "")
 
-    for r in result["rows"]:
-        base = "-" if r["base_mean"] is None else f"{r['base_mean']:.4f}"
+    for r in rows:
+        base = "-" if r["base_mean"] is None else f"{scale * r['base_mean']:.{2 if rate else 4}f}"
         table.add_row(
-            r["group"], f"{r['runs']} ({r['seeds']})", base, pm(r["final_mean"], r["final_std"], r["runs"]), pm(r["best_mean"], r["best_std"], r["runs"]),
-            f"{r['tokens_mean']:.0f}", f"{r['wall_s_mean']:.1f}",
+            r["group"], str(r["runs"]), base, pm(r["final_mean"], r["final_std"], r["runs"]), pm(r["best_mean"], r["best_std"], r["runs"]),
+            f"{r['tokens_mean'] / 1000:.1f}k", f"{r['wall_s_mean']:.0f}",
         )
     out.print(table)
     out.print(f"plots and table: {result['out_dir']}  (MLflow run {result['mlflow_run_id']})")
