@@ -216,7 +216,9 @@ def test_ctrl_c_mid_trial_requeues_it_and_the_rerun_resumes_its_run(base_uri, tm
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     path = write_sweep(tmp_path / "interrupt.yaml", n_trials=1)
     name = yaml.safe_load(path.read_text())["study_name"]
-    overrides = TRIAL + ["train.iterations=3", "train.eval_every=3"]
+    # long enough that the watcher below sees iteration 1 logged before the trial can finish,
+    # even on a busy machine (with 3 iterations it sometimes finished first)
+    overrides = TRIAL + ["train.iterations=8", "train.eval_every=8"]
     client = mlflow.MlflowClient(uri)
     interrupted = threading.Event()
 
@@ -250,7 +252,7 @@ def test_ctrl_c_mid_trial_requeues_it_and_the_rerun_resumes_its_run(base_uri, tm
     assert result["trials"][1]["mlflow_run_id"] == run.info.run_id and result["trials"][1]["retry_of"] == 0
     resumed = client.get_run(run.info.run_id)
     assert resumed.info.status == "FINISHED" and resumed.data.tags["optuna_trial"] == "1"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "progress/iteration")) == [1, 2, 3]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "progress/iteration")) == list(range(1, 9))
 
 
 # ------------------------------------------------------------------------ PostgreSQL ----
