@@ -5,12 +5,16 @@ mlflow are imported by any test module, so no test ever touches the project's ru
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-_SESSION_HOME = Path(tempfile.mkdtemp(prefix="attnrl-tests-"))
+# Test modules also import this file as `tests.conftest` (a second module object): reuse the
+# session's folder instead of making (and pointing the environment at) another one.
+_SESSION_HOME = Path(os.environ.get("ATTNRL_TEST_SESSION_HOME") or tempfile.mkdtemp(prefix="attnrl-tests-"))
+os.environ["ATTNRL_TEST_SESSION_HOME"] = str(_SESSION_HOME)
 os.environ["ATTNRL_HOME"] = str(_SESSION_HOME / "runs")
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -41,6 +45,13 @@ REDUCED = [
 @pytest.fixture(scope="session")
 def session_home() -> Path:
     return _SESSION_HOME
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_session_home():
+    """Leave no store behind in /tmp once the session is over."""
+    yield
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture
