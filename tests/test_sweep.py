@@ -234,10 +234,16 @@ def test_ctrl_c_mid_trial_requeues_it_and_the_rerun_resumes_its_run(base_uri, tm
                 return
 
     watcher = threading.Thread(target=press_ctrl_c_after_first_iteration, daemon=True)
-    watcher.start()
-    with pytest.raises(KeyboardInterrupt):
-        sweep_flow(str(path), overrides, storage=storage, tracking_uri=uri)
-    watcher.join()
+    # earlier tests in the same process (Prefect runs, worker pools) may leave another SIGINT
+    # handler installed: this test is about what a person's Ctrl-C does, so use Python's own
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        watcher.start()
+        with pytest.raises(KeyboardInterrupt):
+            sweep_flow(str(path), overrides, storage=storage, tracking_uri=uri)
+        watcher.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert interrupted.is_set()
     study = optuna.load_study(study_name=name, storage=storage)
     assert [(t.number, t.state.name) for t in study.trials] == [(0, "FAIL"), (1, "WAITING")]
