@@ -111,29 +111,16 @@ def last_boxed(text: str, max_chars: int = MAX_BOXED_CHARS) -> str | None:
             end += 1
         token = text[j:end]
         return token if 0 < len(token) <= max_chars else None
-    depth = 0
-    k = j
-    stop = min(n, j + max_chars + 2)
-    while k < stop:
-        c = text[k]
-        if c == "\\":
-            k += 2  # \{ and \} are literal braces, \\ a line break: skip the escaped char
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[j + 1 : k]
-        k += 1
-    return None
+    close = _closing_brace(text, j, stop=min(n, j + max_chars + 2))
+    return text[j + 1 : close] if close >= 0 else None
 
 
-def _closing_brace(s: str, open_at: int) -> int:
-    """Index of the brace closing s[open_at] == "{", or -1 (same escape rule as last_boxed)."""
+def _closing_brace(s: str, open_at: int, stop: int | None = None) -> int:
+    """Index of the brace closing s[open_at] == "{" before `stop`, or -1. An escaped character
+    (\\{, \\}, \\\\) is skipped: those braces are literal."""
     depth = 0
     k = open_at
-    n = len(s)
+    n = len(s) if stop is None else stop
     while k < n:
         c = s[k]
         if c == "\\":
