@@ -33,7 +33,7 @@ import multiprocessing
 # Imported before our atexit hook is registered, so that hook runs FIRST at exit (atexit is
 # LIFO): multiprocessing's own exit hook joins non-daemonic children, which would wait forever
 # on workers that were not told to stop yet.
-import multiprocessing.util  # noqa: F401
+import multiprocessing.util
 import os
 import re
 import threading
@@ -618,6 +618,10 @@ def fallback_pool() -> FallbackPool:
         if _POOL is None or _POOL.owner_pid != os.getpid():
             _POOL = FallbackPool(_default_workers())
             atexit.register(_POOL.close)
+            # A multiprocessing.Process child never runs atexit hooks: it runs multiprocessing's
+            # finalizers, then joins its own (non-daemonic) children, our workers included.
+            # A finalizer with an exit priority runs before that join.
+            multiprocessing.util.Finalize(None, _POOL.close, exitpriority=10)
         return _POOL
 
 

@@ -475,6 +475,47 @@ def test_no_worker_outlives_its_parent(tmp_path, how):
     assert not any(alive(p) for p in pids)
 
 
+PROCESS_CHILD = textwrap.dedent(
+    """
+    import multiprocessing, sys
+    from attnrl_core.verify import fallback_pool, is_correct
+
+    def work(queue):
+        queue.put((is_correct("\\\\boxed{\\\\sqrt{9}}", "3"), fallback_pool().pids()))
+
+    if __name__ == "__main__":
+        ctx = multiprocessing.get_context(sys.argv[1])
+        queue = ctx.Queue()
+        child = ctx.Process(target=work, args=(queue,))
+        child.start()
+        verdict, pids = queue.get(timeout=60)
+        child.join(timeout=30)
+        print(verdict, child.exitcode, " ".join(map(str, pids)), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_multiprocessing_child_that_used_the_pool_exits(tmp_path, start_method):
+    # A multiprocessing.Process child skips atexit; before the Finalize hook it hung at exit,
+    # joining the pool's workers that nobody had told to stop.
+    script = tmp_path / "process_child.py"
+    script.write_text(PROCESS_CHILD)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(script), start_method], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the hung child and its workers with it
+        proc.communicate()
+        pytest.fail("the script or its multiprocessing child hung at exit")
+    assert proc.returncode == 0, err
+    verdict, exitcode, *pids = out.split()
+    assert (verdict, exitcode) == ("True", "0")  # exitcode None = still hanging after 30 s
+    assert pids and not any(alive(int(p)) for p in pids)
+
+
 def test_a_worker_that_died_while_idle_is_replaced_not_blamed(pool):
     ready(pool)
     for pid in pool.pids():
