@@ -174,7 +174,14 @@ class TrainConfig(_Section):
     eval_before: bool = Field(True, description="Evaluate the starting policy as step 0, so every curve starts at the base.")
     retries: int = Field(2, ge=0, description="Prefect retries of each phase task.")
     retry_delay_s: float = Field(1.0, ge=0.0, description="Seconds between retries of a phase task.")
-    backend: Literal["torch"] = Field("torch", description="Trainer backend: torch (CPU or one GPU).")
+    backend: Literal["torch", "deepspeed"] = Field(
+        "torch", description="Trainer backend: torch (AdamW in process, CPU or one GPU) or deepspeed (a DeepSpeed engine: ZeRO, bf16)."
+    )
+    zero_stage: int = Field(
+        2, ge=0, le=2, description="backend deepspeed: ZeRO stage (0 none, 1 optimizer state, 2 + gradients partitioned); "
+        "3 is not offered, since rollouts and FCI scoring read the full weights in place."
+    )
+    bf16: bool = Field(False, description="backend deepspeed: train (and so roll out and score) in bfloat16 with fp32 master weights.")
     fault: str | None = Field(
         None,
         description="Fault injection for tests and demos: 'phase@iteration' (comma-separated for several) fails that "

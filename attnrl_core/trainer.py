@@ -1,4 +1,4 @@
-"""The policy update: PPO over root-to-leaf paths (SPEC §8), with the torch backend.
+"""The policy update: PPO over root-to-leaf paths (SPEC §8), with torch and DeepSpeed backends.
 
 A `PolicySample` is one training sequence: prompt + response tokens, the advantage of every
 response token, and the behaviour log-probs known from sampling time. For a path that leaves
@@ -14,6 +14,8 @@ the current policy before the first optimizer step (SPEC §7: "prefix kept").
 from __future__ import annotations
 
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -106,12 +108,25 @@ class TorchTrainer:
         kl_coef: float = 0.001,
         entropy_coef: float = 0.0,
     ) -> None:
-        self.model, self.ref_model, self.pad_token_id = model, ref_model, pad_token_id
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        self.lr, self.grad_clip, self.minibatch_sequences = lr, grad_clip, minibatch_sequences
-        self.loss_args = dict(clip_low=clip_low, clip_high=clip_high, dual_clip_c=dual_clip, kl_coef=kl_coef, entropy_coef=entropy_coef)
         if kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs a reference model")
+        self.model, self.ref_model, self.pad_token_id = model, ref_model, pad_token_id
+        self.lr, self.grad_clip, self.minibatch_sequences = lr, grad_clip, minibatch_sequences
+        self.loss_args = dict(clip_low=clip_low, clip_high=clip_high, dual_clip_c=dual_clip, kl_coef=kl_coef, entropy_coef=entropy_coef)
+        self.optimizer = self._make_optimizer(lr, weight_decay)
+
+    def _make_optimizer(self, lr: float, weight_decay: float):
+        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def _step(self, loss: torch.Tensor) -> float:
+        """Backward, clip, optimizer step; returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if not torch.isfinite(norm):
+            raise NonFiniteLoss(f"The gradient norm became {norm.item()}; the run stops and keeps its last good checkpoint.")
+        self.optimizer.step()
+        return norm.item()
 
     def _old_and_ref(self, samples: Sequence[PolicySample]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         """Behaviour log-probs (stored prefix + current policy for the rest) and reference log-probs."""
@@ -164,13 +179,7 @@ class TorchTrainer:
                     f"The policy loss became {loss.item()} in mini-batch {minibatches} of this update; the run stops "
                     "here and keeps its last good checkpoint. Lower optim.lr or check the data for degenerate samples."
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            if not torch.isfinite(norm):
-                raise NonFiniteLoss(f"The gradient norm became {norm.item()}; the run stops and keeps its last good checkpoint.")
-            self.optimizer.step()
-            grad_norms.append(norm.item())
+            grad_norms.append(self._step(loss))
             for name in ("pg_loss", "kl", "entropy", "clip_frac_high", "clip_frac_low", "dual_clip_frac", "approx_kl"):
                 totals[name] = totals.get(name, 0.0) + float(getattr(stats, name)) * stats.tokens
             tokens += stats.tokens
@@ -197,3 +206,118 @@ class TorchTrainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _single_process_group() -> None:
+    """A one-rank process group for DeepSpeed when no launcher set one up (torchrun and the
+    deepspeed launcher export RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; without them
+    DeepSpeed goes looking for MPI)."""
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(key, value)
+    # auto-detection finds CUDA too, but warns on every CPU-only start
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+
+_DROP = object()
+
+
+def _plain(value):
+    """`value` as what torch.load(weights_only=True) reads back — (detached) tensors, numbers, strings,
+    lists, tuples and dicts of them (an IntEnum becomes its int) — or _DROP for anything else
+    (objects, namedtuples).
+
+    >>> import enum; Stage = enum.IntEnum("Stage", "optimizer gradients")
+    >>> _plain({"stage": Stage.gradients, "groups": [1.0, ("a", None)]})
+    {'stage': 2, 'groups': [1.0, ('a', None)]}
+    >>> _plain({"scaler": object()}) is _DROP
+    True
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach()  # ZeRO hands out views of its flat buffers; deepcopy wants leaves
+    if value is None:
+        return value
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if type(value) in (list, tuple, dict):
+        items = value.items() if type(value) is dict else enumerate(value)
+        out = {k: _plain(v) for k, v in items}
+        if any(v is _DROP for v in out.values()) or any(_plain(k) is _DROP for k in out):
+            return _DROP
+        return out if type(value) is dict else type(value)(out.values())
+    return _DROP
+
+
+class DeepSpeedTrainer(TorchTrainer):
+    """The same PPO update through a DeepSpeed engine: ZeRO stage 0-2, optional bf16.
+
+    Samples, mini-batches, the loss and the statistics are TorchTrainer's; the engine does the
+    backward pass, the clipping and the optimizer step (torch's AdamW, so a fresh machine
+    compiles no optimizer kernel). With one rank and fp32 an update equals TorchTrainer's up to
+    float rounding. ZeRO-3 is not offered: rollouts and FCI scoring read the full weights of
+    the same model object in place, which stage 3 partitions away.
+
+        trainer = DeepSpeedTrainer(policy, reference, pad_token_id=0, lr=1e-5, zero_stage=2)
+        stats = trainer.update(samples, generator)          # as TorchTrainer.update
+    """
+
+    def __init__(self, model: torch.nn.Module, ref_model: torch.nn.Module | None, pad_token_id: int, lr: float,
+                 zero_stage: int = 2, bf16: bool = False, **kwargs) -> None:
+        if zero_stage not in (0, 1, 2):
+            raise ValueError(f"zero_stage must be 0, 1 or 2 (got {zero_stage})")
+        self.zero_stage, self.bf16 = zero_stage, bf16
+        super().__init__(model, ref_model, pad_token_id, lr, **kwargs)
+
+    def _make_optimizer(self, lr: float, weight_decay: float):
+        _single_process_group()
+        import deepspeed
+
+        config = {
+            # batching is ours: each engine step is one of our mini-batches, already averaged
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": self.grad_clip,
+            "zero_optimization": {"stage": self.zero_stage},
+            "bf16": {"enabled": self.bf16},
+            "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.999], "eps": 1e-8, "torch_adam": True}},
+            "steps_per_print": 2**31 - 1,
+        }
+        self.module = self.model  # the policy object the rollout engine and scoring share
+        self.engine, optimizer, _, _ = deepspeed.initialize(model=self.model, model_parameters=self.model.parameters(), config=config)
+        self.model = self.engine
+        return optimizer
+
+    def _step(self, loss: torch.Tensor) -> float:
+        self.engine.backward(loss)
+        norm = None
+        if self.zero_stage == 0 and not self.bf16:
+            # the engine clips plain fp32 gradients without keeping their norm
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.module.parameters() if p.grad is not None])
+        self.engine.step()  # clips, steps, zeroes the gradients
+        norm = self.engine.get_global_grad_norm() if norm is None else norm
+        norm = float(norm)
+        if not math.isfinite(norm):
+            raise NonFiniteLoss(f"The gradient norm became {norm}; the run stops and keeps its last good checkpoint.")
+        return norm
+
+    def state_dict(self) -> dict:
+        # Checkpoints are read back with torch.load(weights_only=True): keep the entries made of
+        # tensors, numbers and strings. A ZeRO state also carries a loss-scaler object (unused in
+        # fp32/bf16) and parameter-slice maps for universal checkpoints; loading needs neither.
+        state = self.engine.optimizer.state_dict()
+        plain = {k: _plain(v) for k, v in state.items()}
+        return {"optimizer": {k: v for k, v in plain.items() if v is not _DROP}}
+
+    def load_state_dict(self, state: dict) -> None:
+        optimizer = self.engine.optimizer
+        if isinstance(optimizer, torch.optim.Optimizer):  # stage 0, fp32: the plain AdamW
+            optimizer.load_state_dict(state["optimizer"])
+        else:  # ZeRO / bf16 wrappers take one state per saved rank; fp32 masters from the state
+            optimizer.load_state_dict([state["optimizer"]], load_from_fp32_weights=True)
+
+
+TRAINERS = {"torch": TorchTrainer, "deepspeed": DeepSpeedTrainer}

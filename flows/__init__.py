@@ -21,7 +21,6 @@ _DEFAULTS = {
     "HF_HUB_OFFLINE": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TOKENIZERS_PARALLELISM": "false",
-    "DS_ACCELERATOR": "cpu" if not os.environ.get("CUDA_VISIBLE_DEVICES") else "cuda",
 }
 for _key, _value in _DEFAULTS.items():
     os.environ.setdefault(_key, _value)

@@ -33,7 +33,7 @@ from attnrl_core.errors import AttnRLError
 from attnrl_core.policy import load_policy
 from attnrl_core.render import render_trees_html
 from attnrl_core.rollout import make_engine
-from attnrl_core.trainer import TorchTrainer
+from attnrl_core.trainer import TRAINERS
 from flows import RUNS_DIR, tracking
 from flows.evaluate import log_reports
 from tasks import checkpoint as ckpt
@@ -101,10 +101,11 @@ def build_session(cfg: Config, base: str, state: sessions.TrainState, policy_sta
         if policy_state is not None:  # resuming: the server starts from the base, not the checkpoint
             engine.update_weights(policy)
     o = cfg.optim
-    trainer = TorchTrainer(
+    backend = {"zero_stage": cfg.train.zero_stage, "bf16": cfg.train.bf16} if cfg.train.backend == "deepspeed" else {}
+    trainer = TRAINERS[cfg.train.backend](
         policy, reference, tokenizer.pad_token_id, lr=o.lr, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
         minibatch_sequences=o.minibatch_sequences, clip_low=o.clip_low, clip_high=o.clip_high, dual_clip=o.dual_clip,
-        kl_coef=o.kl_coef, entropy_coef=o.entropy_coef,
+        kl_coef=o.kl_coef, entropy_coef=o.entropy_coef, **backend,
     )
     if optim_state is not None:
         trainer.load_state_dict(optim_state)

@@ -1,8 +1,7 @@
 """Integration: the training flow on the reduced tiny world, with real Prefect, MLflow and checkpoints.
 
-A session-scoped base policy (a short warm start on 1-2 operation problems, where even a small
-model gets some answers right, so trees have mixed leaves and updates happen) is shared by all
-tests; each test has its own MLflow store.
+All tests start from one base policy (the checked-in default tiny base, see FIXTURE); each
+test has its own MLflow store.
 """
 
 import json
@@ -154,6 +153,29 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(base_uri, tm
     for path in done:
         weights = torch.load(path / "policy.pt", weights_only=True)
         assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_deepspeed_backend_retry_and_resume_match_its_uninterrupted_run(base_uri, tmp_path, monkeypatch):
+    """The DeepSpeed trainer (ZeRO-2, one gloo rank on CPU) through the whole flow: an update
+    retried in process (snapshot restore) and a failed run resumed from its checkpoint (optimizer
+    state read back) both end with the uninterrupted run's weights and metrics."""
+    from flows.train import train_flow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ds = ["train.backend=deepspeed", "train.zero_stage=2", "train.retries=1"]
+    clean = train(uri, *ds)
+    assert mlflow.MlflowClient(uri).get_run(clean["run_id"]).data.params["train.backend"] == "deepspeed"
+    retried = train(uri, *ds, "train.fault=update@2")
+    assert_same_weights(final_weights(clean), final_weights(retried))
+    assert run_metrics(uri, clean["run_id"]) == run_metrics(uri, retried["run_id"])
+
+    monkeypatch.setenv("ATTNRL_FAULT", "update@3")  # with no retries the run fails after iteration 2's checkpoint
+    with pytest.raises(Exception, match="injected fault|update"):
+        train(uri, *ds[:-1], "train.retries=0", run_name="ds-resume")
+    monkeypatch.delenv("ATTNRL_FAULT")
+    resumed = train_flow(None, tracking_uri=uri, resume="ds-resume", quiet=True)
+    assert_same_weights(final_weights(clean), final_weights(resumed))
+    assert run_metrics(uri, clean["run_id"]) == run_metrics(uri, resumed["run_id"])
 
 
 def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
