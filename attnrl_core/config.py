@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -368,7 +368,10 @@ def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[t
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows.extend(describe_fields(ann, dotted + "."))
             continue
-        kind = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        if get_origin(ann) is Literal:  # the choices, not the bare word "Literal"
+            kind = " | ".join(str(choice) for choice in get_args(ann))
+        else:
+            kind = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
         rng = _describe_range(info)
         rows.append((dotted, kind + (f" ({rng})" if rng else ""), info.description or ""))
     return rows

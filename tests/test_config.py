@@ -77,6 +77,8 @@ def test_every_field_is_documented_and_flattened():
     flat = flatten(Config())
     assert {name for name, _, _ in rows} == set(flat)
     assert flat["branch.rho"] == 0.2 and flat["data.levels"] == "[1, 2, 3, 4]"
+    kinds = {name: kind for name, kind, _ in rows}
+    assert kinds["train.backend"] == "torch | deepspeed" and kinds["branch.rho"].startswith("float")
 
 
 def test_hash_is_stable_and_sensitive():
