@@ -66,6 +66,7 @@ bench: $(STAMP)
 	$(PY) bench/fci.py --quick
 	$(PY) bench/rollout.py
 	$(PY) bench/verify.py
+	$(PY) bench/update.py
 
 clean:
 	rm -rf runs .pytest_cache

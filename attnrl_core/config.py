@@ -159,6 +159,11 @@ class OptimConfig(_Section):
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clip.")
     minibatch_sequences: int = Field(64, ge=1, description="Sequences per optimizer step (192 at paper scale); one epoch over the batch.")
+    micro_batch_tokens: int = Field(
+        2048, ge=0, description="Padded tokens per forward/backward pass: a mini-batch is sorted by length and run as passes of "
+        "at most this many (rows x longest row) tokens whose gradients add up to the mini-batch's. Speed and memory only: the "
+        "update is the same up to float rounding. 0 = the whole mini-batch in one padded pass."
+    )
     clip_low: float = Field(0.2, gt=0.0, lt=1.0, description="PPO ratio clip below: 1 - clip_low.")
     clip_high: float = Field(0.28, gt=0.0, description="PPO ratio clip above (clip-higher): 1 + clip_high.")
     dual_clip: float = Field(3.0, gt=1.0, description="Dual-clip constant c for negative advantages.")

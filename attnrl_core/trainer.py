@@ -86,11 +86,34 @@ def response_logprobs(
     return logp, mask, entropy
 
 
+def length_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Positions 0..n-1 grouped into passes of similar length, so that little compute goes to
+    padding: longest first, a group grows while (rows x its longest row) stays within
+    `token_budget` (a row longer than the budget goes alone); 0 = one group, in the given order.
+
+    >>> length_micro_batches([5, 30, 8, 28, 6], token_budget=60)
+    [[1, 3], [2, 4, 0]]
+    >>> length_micro_batches([5, 30, 8], token_budget=0)
+    [[0, 1, 2]]
+    """
+    if token_budget <= 0:
+        return [list(range(len(lengths)))]
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # stable: ties keep their order
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= token_budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 class TorchTrainer:
     """AdamW + clipped PPO on a transformers causal LM (CPU or one GPU).
 
     The reference policy is the frozen initial policy (k3 KL, SPEC §8); it is only run when
-    kl_coef > 0.
+    kl_coef > 0. `micro_batch_tokens` > 0 runs each mini-batch as length-sorted passes of about
+    that many padded tokens whose gradients add up to the mini-batch's (`length_micro_batches`):
+    the same update up to float rounding, with less compute spent on padding.
     """
 
     def __init__(
@@ -107,45 +130,59 @@ class TorchTrainer:
         dual_clip: float = 3.0,
         kl_coef: float = 0.001,
         entropy_coef: float = 0.0,
+        micro_batch_tokens: int = 0,
     ) -> None:
         if kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs a reference model")
         self.model, self.ref_model, self.pad_token_id = model, ref_model, pad_token_id
         self.lr, self.grad_clip, self.minibatch_sequences = lr, grad_clip, minibatch_sequences
+        self.micro_batch_tokens = micro_batch_tokens
         self.loss_args = dict(clip_low=clip_low, clip_high=clip_high, dual_clip_c=dual_clip, kl_coef=kl_coef, entropy_coef=entropy_coef)
         self.optimizer = self._make_optimizer(lr, weight_decay)
 
     def _make_optimizer(self, lr: float, weight_decay: float):
         return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
 
-    def _step(self, loss: torch.Tensor) -> float:
-        """Backward, clip, optimizer step; returns the gradient norm before clipping."""
+    def _zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Add this pass's gradients; `last` = the mini-batch's final pass."""
         loss.backward()
+
+    def _optimizer_step(self) -> float:
+        """Clip, step, clear the gradients; returns the gradient norm before clipping."""
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         if not torch.isfinite(norm):
             raise NonFiniteLoss(f"The gradient norm became {norm.item()}; the run stops and keeps its last good checkpoint.")
         self.optimizer.step()
+        self._zero_grad()
         return norm.item()
+
+    def _passes(self, samples: Sequence[PolicySample], idx: list[int]) -> list[list[int]]:
+        groups = length_micro_batches([len(samples[i].prompt_ids) + len(samples[i].response_ids) for i in idx], self.micro_batch_tokens)
+        return [[idx[k] for k in group] for group in groups]
 
     def _old_and_ref(self, samples: Sequence[PolicySample]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         """Behaviour log-probs (stored prefix + current policy for the rest) and reference log-probs."""
-        olds, refs = [], []
+        olds: list = [None] * len(samples)
+        refs: list = [None] * len(samples)
         with torch.no_grad():
             for start in range(0, len(samples), self.minibatch_sequences):
-                chunk = samples[start : start + self.minibatch_sequences]
-                current, _, _ = response_logprobs(self.model, chunk, self.pad_token_id)  # (b, R)
-                ref = None
-                if self.loss_args["kl_coef"] > 0:
-                    ref, _, _ = response_logprobs(self.ref_model, chunk, self.pad_token_id)  # (b, R)
-                for b, s in enumerate(chunk):
-                    n = len(s.response_ids)
-                    old = current[b, :n].clone()
-                    k = len(s.stored_logprobs)
-                    if k:
-                        old[:k] = torch.tensor(s.stored_logprobs, dtype=old.dtype, device=old.device)
-                    olds.append(old)
-                    refs.append(None if ref is None else ref[b, :n].clone())
+                for rows in self._passes(samples, list(range(start, min(start + self.minibatch_sequences, len(samples))))):
+                    chunk = [samples[i] for i in rows]
+                    current, _, _ = response_logprobs(self.model, chunk, self.pad_token_id)  # (b, R)
+                    ref = None
+                    if self.loss_args["kl_coef"] > 0:
+                        ref, _, _ = response_logprobs(self.ref_model, chunk, self.pad_token_id)  # (b, R)
+                    for b, (i, s) in enumerate(zip(rows, chunk)):
+                        n = len(s.response_ids)
+                        old = current[b, :n].clone()
+                        k = len(s.stored_logprobs)
+                        if k:
+                            old[:k] = torch.tensor(s.stored_logprobs, dtype=old.dtype, device=old.device)
+                        olds[i] = old
+                        refs[i] = None if ref is None else ref[b, :n].clone()
         return olds, refs
 
     def update(self, samples: Sequence[PolicySample], generator: torch.Generator) -> UpdateStats:
@@ -158,31 +195,35 @@ class TorchTrainer:
         totals: dict[str, float] = {}
         tokens = minibatches = 0
         grad_norms = []
+        self._zero_grad()  # nothing left over from an attempt that failed half-way
         for start in range(0, len(order), self.minibatch_sequences):
             idx = order[start : start + self.minibatch_sequences]
-            batch = [samples[i] for i in idx]
-            logp, mask, entropy = response_logprobs(self.model, batch, self.pad_token_id, with_entropy=True)  # (b, R)
-            r_max = logp.shape[1]
+            n_tokens = sum(len(samples[i].response_ids) for i in idx)  # the mini-batch's token mean divides by this
+            passes = self._passes(samples, idx)
+            for p, rows in enumerate(passes):
+                logp, mask, entropy = response_logprobs(self.model, [samples[i] for i in rows], self.pad_token_id, with_entropy=True)  # (b, R)
+                r_max = logp.shape[1]
 
-            def padded(rows: list[torch.Tensor]) -> torch.Tensor:
-                out = torch.zeros((len(rows), r_max), dtype=logp.dtype, device=logp.device)  # (b, R)
-                for b, row in enumerate(rows):
-                    out[b, : len(row)] = row
-                return out
+                def padded(values: list[torch.Tensor]) -> torch.Tensor:
+                    out = torch.zeros((len(values), r_max), dtype=logp.dtype, device=logp.device)  # (b, R)
+                    for b, row in enumerate(values):
+                        out[b, : len(row)] = row
+                    return out
 
-            old = padded([olds[i] for i in idx])
-            adv = padded([torch.tensor(samples[i].advantages, dtype=logp.dtype) for i in idx])
-            ref = padded([refs[i] for i in idx]) if self.loss_args["kl_coef"] > 0 else None
-            loss, stats = ppo_loss(logp, old, adv, mask, ref_logp=ref, entropy=entropy, **self.loss_args)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"The policy loss became {loss.item()} in mini-batch {minibatches} of this update; the run stops "
-                    "here and keeps its last good checkpoint. Lower optim.lr or check the data for degenerate samples."
-                )
-            grad_norms.append(self._step(loss))
-            for name in ("pg_loss", "kl", "entropy", "clip_frac_high", "clip_frac_low", "dual_clip_frac", "approx_kl"):
-                totals[name] = totals.get(name, 0.0) + float(getattr(stats, name)) * stats.tokens
-            tokens += stats.tokens
+                old = padded([olds[i] for i in rows])
+                adv = padded([torch.tensor(samples[i].advantages, dtype=logp.dtype) for i in rows])
+                ref = padded([refs[i] for i in rows]) if self.loss_args["kl_coef"] > 0 else None
+                loss, stats = ppo_loss(logp, old, adv, mask, ref_logp=ref, entropy=entropy, num_tokens=n_tokens, **self.loss_args)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(
+                        f"The policy loss became {loss.item()} in mini-batch {minibatches} of this update; the run stops "
+                        "here and keeps its last good checkpoint. Lower optim.lr or check the data for degenerate samples."
+                    )
+                self._backward(loss, last=p == len(passes) - 1)
+                for name in ("pg_loss", "kl", "entropy", "clip_frac_high", "clip_frac_low", "dual_clip_frac", "approx_kl"):
+                    totals[name] = totals.get(name, 0.0) + float(getattr(stats, name)) * stats.tokens
+                tokens += stats.tokens
+            grad_norms.append(self._optimizer_step())
             minibatches += 1
         self.model.eval()
         # a finite loss can still take a step that overflows the weights (a huge lr): stop here,
@@ -291,8 +332,16 @@ class DeepSpeedTrainer(TorchTrainer):
         self.model = self.engine
         return optimizer
 
-    def _step(self, loss: torch.Tensor) -> float:
-        self.engine.backward(loss)
+    def _zero_grad(self) -> None:
+        self.engine.optimizer.zero_grad(set_to_none=True)
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        # our passes are the engine's gradient accumulation: reduce and step after the last one;
+        # each pass's loss is already scaled to the mini-batch mean
+        self.engine.set_gradient_accumulation_boundary(last)
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def _optimizer_step(self) -> float:
         norm = None
         if self.zero_stage == 0 and not self.bf16:
             # the engine clips plain fp32 gradients without keeping their norm

@@ -105,7 +105,7 @@ def build_session(cfg: Config, base: str, state: sessions.TrainState, policy_sta
     trainer = TRAINERS[cfg.train.backend](
         policy, reference, tokenizer.pad_token_id, lr=o.lr, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
         minibatch_sequences=o.minibatch_sequences, clip_low=o.clip_low, clip_high=o.clip_high, dual_clip=o.dual_clip,
-        kl_coef=o.kl_coef, entropy_coef=o.entropy_coef, **backend,
+        kl_coef=o.kl_coef, entropy_coef=o.entropy_coef, micro_batch_tokens=o.micro_batch_tokens, **backend,
     )
     if optim_state is not None:
         trainer.load_state_dict(optim_state)

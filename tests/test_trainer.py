@@ -57,6 +57,46 @@ def test_update_is_deterministic_and_moves_the_policy():
     assert any(not torch.equal(before[k], v) for k, v in a.state_dict().items())
 
 
+class GradRecorder(TorchTrainer):
+    """TorchTrainer that keeps a copy of each mini-batch's summed gradients before stepping."""
+
+    def _optimizer_step(self) -> float:
+        self.grads = getattr(self, "grads", []) + [{n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None}]
+        return super()._optimizer_step()
+
+
+@pytest.mark.parametrize("budget", [1, 12, 20])
+def test_length_sorted_passes_give_the_one_pass_update(budget):
+    # budget 1: every sequence alone; 12 and 20: mixed groups (the samples are 3-7 tokens long).
+    # Gradients are compared, not weights after AdamW: where a gradient is pure rounding noise
+    # (a key-projection bias, which softmax ignores), Adam's normalisation turns noise of 1e-10
+    # into a step of +-lr.
+    a, b = tiny_model(), tiny_model()
+    ref = copy.deepcopy(a).requires_grad_(False)
+    whole = GradRecorder(a, ref, PAD, lr=1e-2, minibatch_sequences=3)
+    passes = GradRecorder(b, copy.deepcopy(ref), PAD, lr=1e-2, minibatch_sequences=3, micro_batch_tokens=budget)
+    assert len(passes._passes(SAMPLES, [0, 1, 2])) > 1
+    sw = whole.update(SAMPLES, torch.Generator().manual_seed(0))
+    sp = passes.update(SAMPLES, torch.Generator().manual_seed(0))
+    assert (sp.minibatches, sp.tokens) == (sw.minibatches, sw.tokens) == (1, 9)
+    for name in ("pg_loss", "kl", "entropy", "approx_kl", "grad_norm"):
+        assert getattr(sp, name) == pytest.approx(getattr(sw, name), rel=1e-4, abs=1e-6), name
+    (gw,), (gp,) = whole.grads, passes.grads
+    assert gw.keys() == gp.keys()
+    for n in gw:
+        assert torch.allclose(gw[n], gp[n], atol=1e-6, rtol=1e-4), n
+
+
+def test_length_micro_batches():
+    from attnrl_core.trainer import length_micro_batches
+
+    assert length_micro_batches([5, 30, 8, 28, 6], 60) == [[1, 3], [2, 4, 0]]
+    assert length_micro_batches([50, 7], 10) == [[0], [1]]  # longer than the budget: alone
+    assert length_micro_batches([4, 4, 4], 8) == [[0, 1], [2]]  # ties keep their order
+    assert length_micro_batches([3, 1], 0) == [[0, 1]]
+    assert length_micro_batches([], 64) == []
+
+
 def test_old_logprobs_use_the_stored_prefix_then_the_current_policy():
     model = tiny_model()
     trainer = TorchTrainer(model, None, PAD, lr=1e-3, kl_coef=0.0)
@@ -114,8 +154,10 @@ def test_deepspeed_update_equals_the_torch_update(zero_stage):
 
     a, b = tiny_model(), tiny_model()
     ref = copy.deepcopy(a).requires_grad_(False)
-    torch_trainer = TorchTrainer(a, ref, PAD, lr=1e-2, minibatch_sequences=2)
-    ds_trainer = DeepSpeedTrainer(b, copy.deepcopy(ref), PAD, lr=1e-2, minibatch_sequences=2, zero_stage=zero_stage)
+    # micro_batch_tokens=8: a mini-batch of 2 runs as 2 passes, through the engine's gradient
+    # accumulation; the torch side runs the same passes (same rounding: see the Adam note above)
+    torch_trainer = TorchTrainer(a, ref, PAD, lr=1e-2, minibatch_sequences=2, micro_batch_tokens=8)
+    ds_trainer = DeepSpeedTrainer(b, copy.deepcopy(ref), PAD, lr=1e-2, minibatch_sequences=2, zero_stage=zero_stage, micro_batch_tokens=8)
     before = _weights(b)
     for step in range(2):
         st = torch_trainer.update(SAMPLES, torch.Generator().manual_seed(step))
