@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(PY) bench/rollout.py
 	$(PY) bench/verify.py
 	$(PY) bench/update.py
+	$(PY) bench/warmstart.py
 
 clean:
 	rm -rf runs .pytest_cache

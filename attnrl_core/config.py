@@ -88,6 +88,10 @@ class WarmStartConfig(_Section):
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate of the warm start (linear warm-up, cosine decay).")
     warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps of the warm start.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the warm start.")
+    micro_batch_tokens: int = Field(
+        2048, ge=0, description="Padded tokens per forward/backward pass of a warm-start batch (length-sorted passes whose "
+        "gradients add up to the batch's; speed only, part of the cache key since rounding differs). 0 = one padded pass."
+    )
     flaw: float = Field(
         0.6,
         ge=0.0,

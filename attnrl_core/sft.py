@@ -16,6 +16,8 @@ from typing import Callable, Iterator
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from attnrl_core.batching import length_micro_batches
+
 IGNORE = -100
 
 
@@ -36,6 +38,32 @@ def sft_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completion
         labels[i, : len(lab)] = torch.tensor(lab)
         mask[i, : len(r)] = 1
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def accumulate_gradients(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str], micro_batch_tokens: int = 0
+) -> float:
+    """Add the gradient of the batch's token-mean completion loss to `.grad`; returns the loss.
+
+    `micro_batch_tokens` > 0 runs the batch as length-sorted passes of at most that many padded
+    tokens (`length_micro_batches`), each pass's loss summed over its tokens and divided by the
+    whole batch's count: the same gradient as one padded pass, up to float rounding.
+    """
+    if micro_batch_tokens <= 0:
+        loss = model(**sft_batch(tokenizer, prompts, completions), use_cache=False).loss
+        loss.backward()
+        return loss.item()
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    targets = sum(len(c) + 1 for c in completion_ids)  # completion tokens + EOS: the mean's divisor
+    passes = length_micro_batches([len(p) + len(c) + 1 for p, c in zip(prompt_ids, completion_ids)], micro_batch_tokens)
+    loss = 0.0
+    for rows in passes:
+        batch = sft_batch(tokenizer, [prompts[i] for i in rows], [completions[i] for i in rows])
+        part = model(**batch, use_cache=False, num_items_in_batch=targets).loss  # sum over the pass / targets
+        part.backward()
+        loss += part.item()
+    return loss
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -59,29 +87,28 @@ def train_sft(
     warmup_steps: int,
     weight_decay: float,
     on_step: Callable[[int, float, float], None] | None = None,
+    micro_batch_tokens: int = 0,
 ) -> list[float]:
     """Run `steps` optimizer steps over `batches` of (prompts, completions); returns the losses.
 
-    `on_step(step, loss, lr)` is called after each step (progress bars, metric logging).
+    `on_step(step, loss, lr)` is called after each step (progress bars, metric logging);
+    `micro_batch_tokens`: see `accumulate_gradients`.
     """
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     losses = []
     for step in range(steps):
         prompts, completions = next(batches)
-        batch = sft_batch(tokenizer, prompts, completions)
         current = lr_at(step, steps, lr, warmup_steps)
         for group in opt.param_groups:
             group["lr"] = current
-        out = model(**batch, use_cache=False)
-        loss = out.loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"warm-start loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = accumulate_gradients(model, tokenizer, prompts, completions, micro_batch_tokens)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"warm-start loss became {loss} at step {step}")
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
+        losses.append(loss)
         if on_step is not None:
             on_step(step, losses[-1], current)
     model.eval()

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import torch
 
+from attnrl_core.batching import length_micro_batches
 from attnrl_core.errors import AttnRLError
 from attnrl_core.loss import ppo_loss
 
@@ -84,27 +85,6 @@ def response_logprobs(
     logp = logp_all.gather(-1, targets[..., None])[..., 0]  # (B, R)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None  # (B, R)
     return logp, mask, entropy
-
-
-def length_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
-    """Positions 0..n-1 grouped into passes of similar length, so that little compute goes to
-    padding: longest first, a group grows while (rows x its longest row) stays within
-    `token_budget` (a row longer than the budget goes alone); 0 = one group, in the given order.
-
-    >>> length_micro_batches([5, 30, 8, 28, 6], token_budget=60)
-    [[1, 3], [2, 4, 0]]
-    >>> length_micro_batches([5, 30, 8], token_budget=0)
-    [[0, 1, 2]]
-    """
-    if token_budget <= 0:
-        return [list(range(len(lengths)))]
-    groups: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # stable: ties keep their order
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= token_budget:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
 
 
 class TorchTrainer:

@@ -33,7 +33,8 @@ from attnrl_core import data  # noqa: E402
 from attnrl_core.config import load_config  # noqa: E402
 from attnrl_core.policy import load_policy  # noqa: E402
 from attnrl_core.rollout import SamplingParams, make_engine  # noqa: E402
-from attnrl_core.trainer import PolicySample, TorchTrainer, length_micro_batches  # noqa: E402
+from attnrl_core.batching import length_micro_batches  # noqa: E402
+from attnrl_core.trainer import PolicySample, TorchTrainer  # noqa: E402
 
 
 def sampled_batch(model, tokenizer, count: int, seed: int) -> list[PolicySample]:

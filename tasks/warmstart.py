@@ -45,7 +45,8 @@ def train_base(cfg_json: dict, out_dir: str, on_step: Callable[[int, float, floa
     tokenizer = build_tokenizer(data.PHRASES)
     model = init_tiny_policy(cfg.model.tiny, tokenizer, seed=ws.seed)
     losses = train_sft(
-        model, tokenizer, demonstration_batches(cfg), ws.steps, ws.lr, ws.warmup_steps, ws.weight_decay, on_step=on_step
+        model, tokenizer, demonstration_batches(cfg), ws.steps, ws.lr, ws.warmup_steps, ws.weight_decay, on_step=on_step,
+        micro_batch_tokens=ws.micro_batch_tokens,
     )
     out = Path(out_dir)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")

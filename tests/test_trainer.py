@@ -88,7 +88,7 @@ def test_length_sorted_passes_give_the_one_pass_update(budget):
 
 
 def test_length_micro_batches():
-    from attnrl_core.trainer import length_micro_batches
+    from attnrl_core.batching import length_micro_batches
 
     assert length_micro_batches([5, 30, 8, 28, 6], 60) == [[1, 3], [2, 4, 0]]
     assert length_micro_batches([50, 7], 10) == [[0], [1]]  # longer than the budget: alone
