@@ -3,9 +3,13 @@
 Loss on completion tokens only (the prompt is context, not a target), AdamW with linear warm-up
 and cosine decay, budgeted in optimizer steps so every machine trains the same base.
 
-    >>> batch = sft_batch(tok, ["Compute 1 + 2. ..."], ["1 + 2 = 3\\n\\nThe answer is \\\\boxed{3}"])
-    >>> batch["labels"][0, :prompt_len].eq(-100).all()   # prompt positions are ignored
-    tensor(True)
+    >>> from attnrl_core.policy import build_tokenizer
+    >>> tok = build_tokenizer(["\\n\\n"])                     # characters, plus "\\n\\n" as one token
+    >>> batch = sft_batch(tok, ["Compute 1 + 2."], ["1 + 2 = 3"])
+    >>> batch["input_ids"].shape                           # 14 prompt + 9 completion + EOS
+    torch.Size([1, 24])
+    >>> (batch["labels"][0] == IGNORE).sum().item()         # the 14 prompt positions are ignored
+    14
 """
 
 from __future__ import annotations

@@ -49,3 +49,13 @@ def test_length_sorted_passes_give_the_one_pass_gradient(budget):
     assert g_one.keys() == g_passes.keys()
     for n in g_one:
         assert torch.allclose(g_one[n], g_passes[n], atol=1e-6, rtol=1e-4), n
+
+
+def test_docstring_examples():
+    import doctest
+
+    import attnrl_core.batching
+    import attnrl_core.sft
+
+    for module in (attnrl_core.sft, attnrl_core.batching):
+        assert doctest.testmod(module).failed == 0, module.__name__
