@@ -89,7 +89,7 @@ class WarmStartConfig(_Section):
     warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps of the warm start.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the warm start.")
     micro_batch_tokens: int = Field(
-        2048, ge=0, description="Padded tokens per forward/backward pass of a warm-start batch (length-sorted passes whose "
+        1024, ge=0, description="Padded tokens per forward/backward pass of a warm-start batch (length-sorted passes whose "
         "gradients add up to the batch's; speed only, part of the cache key since rounding differs). 0 = one padded pass."
     )
     flaw: float = Field(
@@ -164,7 +164,7 @@ class OptimConfig(_Section):
     grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clip.")
     minibatch_sequences: int = Field(64, ge=1, description="Sequences per optimizer step (192 at paper scale); one epoch over the batch.")
     micro_batch_tokens: int = Field(
-        2048, ge=0, description="Padded tokens per forward/backward pass: a mini-batch is sorted by length and run as passes of "
+        1024, ge=0, description="Padded tokens per forward/backward pass: a mini-batch is sorted by length and run as passes of "
         "at most this many (rows x longest row) tokens whose gradients add up to the mini-batch's. Speed and memory only: the "
         "update is the same up to float rounding. 0 = the whole mini-batch in one padded pass."
     )

@@ -64,7 +64,7 @@ def real_share(samples: list[PolicySample], minibatch: int, budget: int) -> floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budgets", type=int, nargs="+", default=[0, 1024, 2048, 4096])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[0, 512, 1024, 2048, 4096])
     parser.add_argument("--sequences", type=int, default=128)
     parser.add_argument("--minibatch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)

@@ -34,7 +34,7 @@ from tasks.warmstart import demonstration_batches  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budgets", type=int, nargs="+", default=[0, 1024, 2048, 4096])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[0, 512, 1024, 2048, 4096])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
