@@ -24,5 +24,11 @@ _DEFAULTS = {
 }
 for _key, _value in _DEFAULTS.items():
     os.environ.setdefault(_key, _value)
+if "DS_ACCELERATOR" not in os.environ:
+    # transformers imports DeepSpeed when it is installed, whose accelerator probe warns on every
+    # CPU-only start; this is the probe's own answer, decided up front
+    import torch
+
+    os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
 # Prefect creates its home folder but not the parents of it.
 Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)

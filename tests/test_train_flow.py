@@ -23,8 +23,8 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 # The integration tests start from tests/fixtures/tiny_base: the default (flawed) tiny base made
-# by the warm-start flow (`make test-fixture` rebuilds it). Its accuracy is mixed (37.6% greedy:
-# ~80% on level 1, ~1% on levels 3-4), so trees have mixed leaves and every phase does real work.
+# by the warm-start flow (`make test-fixture` rebuilds it). Its accuracy is mixed (40.0% greedy:
+# ~85% on level 1, ~1% on levels 3-4), so trees have mixed leaves and every phase does real work.
 FIXTURE = REPO / "tests" / "fixtures" / "tiny_base"
 TRAIN_REDUCED = [
     "name=train-test",
