@@ -308,6 +308,7 @@ def compare(
     seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="With --suite: these seeds instead of the suite's (repeatable).")] = None,
     set: SetOpt = None,
     minimize: Annotated[bool, typer.Option(help="Lower is better (the 'best' column takes the minimum).")] = False,
+    at: Annotated[Optional[list[int]], typer.Option("--at", help="Also show the metric at this iteration, mean ± std over the seeds (repeatable).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG plots and the CSV/JSON table (default runs/compare/<experiment>).")] = None,
     tracking_uri: UriOpt = None,
     quiet: QuietOpt = False,
@@ -319,6 +320,9 @@ def compare(
 
     if (experiment is None) == (suite is None):
         raise AttnRLError("Give exactly one of --experiment NAME (compare its runs) or --suite FILE (run the suite, then compare it).")
+    at = sorted(dict.fromkeys(at or []))  # (`set` is the --set option here)
+    if any(k < 0 for k in at):
+        raise AttnRLError(f"--at takes iterations >= 0 (0 = the base evaluation), got {min(at)}.")
     failed = []
     if suite is not None:
         spec, _, experiment = load_suite(suite, seeds, set)  # validate before any work
@@ -328,14 +332,17 @@ def compare(
 
         done = ablations_flow(str(suite), seeds, set or [], tracking_uri=tracking_uri, quiet=quiet)
         failed = done["failed"]
-    result = compare_runs(experiment, metric or "eval/heldout/avg_at_1", tracking_uri=tracking_uri, out_dir=out_dir, direction="minimize" if minimize else "maximize")
+    result = compare_runs(
+        experiment, metric or "eval/heldout/avg_at_1", tracking_uri=tracking_uri, out_dir=out_dir, direction="minimize" if minimize else "maximize", at=at
+    )
     rows = result["rows"]
     # rates (accuracies) print as percentages, like the other tables: the table then fits 80 columns
-    rate = all(0.0 <= r[k] <= 1.0 for r in rows for k in ("final_mean", "final_std", "best_mean", "best_std"))
+    values = ["final_mean", "final_std", "best_mean", "best_std", *(f"at_{k}_{part}" for k in at for part in ("mean", "std"))]
+    rate = all(r[k] is None or 0.0 <= r[k] <= 1.0 for r in rows for k in values)
     scale = 100.0 if rate else 1.0
     table = Table(title=f"{experiment}: {metric or 'eval/heldout/avg_at_1'}{' in %' if rate else ''}, mean ± std over seeds", box=box.SIMPLE)
-    table.add_column("method / ablation", overflow="fold")  # long ablation names wrap, numbers never do
-    for col in ("n", "base", "final", "best", "tokens", "wall s"):
+    table.add_column("method / ablation", overflow="fold", min_width=12)  # long ablation names wrap, numbers never do
+    for col in ("n", "base", *(f"it {k}" for k in at), "final", "best", "tokens", "wall s"):
         table.add_column(col, justify="right", no_wrap=True)
 
     def pm(mean: float, std: float, n: int) -> str:
@@ -344,11 +351,19 @@ def compare(
 
     for r in rows:
         base = "-" if r["base_mean"] is None else f"{scale * r['base_mean']:.{2 if rate else 4}f}"
+        at_cells = ["-" if r[f"at_{k}_mean"] is None else pm(r[f"at_{k}_mean"], r[f"at_{k}_std"], r[f"at_{k}_runs"]) for k in at]
         table.add_row(
-            r["group"], str(r["runs"]), base, pm(r["final_mean"], r["final_std"], r["runs"]), pm(r["best_mean"], r["best_std"], r["runs"]),
+            r["group"], str(r["runs"]), base, *at_cells, pm(r["final_mean"], r["final_std"], r["runs"]), pm(r["best_mean"], r["best_std"], r["runs"]),
             f"{r['tokens_mean'] / 1000:.1f}k", f"{r['wall_s_mean']:.0f}",
         )
-    out.print(table)
+    # 80 columns hold the base table; each --at column needs ~12 more (wider than a terminal
+    # wraps, narrower would cut numbers)
+    width = out.width
+    out.width = max(width, 80 + 12 * len(at))
+    try:
+        out.print(table)
+    finally:
+        out.width = width
     out.print(f"plots and table: {result['out_dir']}  (MLflow run {result['mlflow_run_id']})")
     if failed:
         raise AttnRLError("These suite runs failed (the others are compared above): " + "; ".join(f"{f['ablation']} seed {f['seed']}: {f['error']}" for f in failed))

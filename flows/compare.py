@@ -20,7 +20,7 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import mlflow
 import yaml
@@ -97,14 +97,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(curves: list[RunCurve], direction: str = "maximize") -> list[dict]:
-    """One row per group, best final mean first.
+def summarize(curves: list[RunCurve], direction: str = "maximize", at: Sequence[int] = ()) -> list[dict]:
+    """One row per group, best final mean first; `at`: also the metric at these iterations
+    (`at_<k>_mean`, `at_<k>_std`, `at_<k>_runs` over the runs that evaluated there).
 
     >>> a = RunCurve("r1", "attnrl", "attnrl", "0", {0: 0.5, 1: 0.6, 2: 0.7}, {1: 10, 2: 20}, {1: 1.0, 2: 2.0})
     >>> b = RunCurve("r2", "attnrl", "attnrl", "1", {0: 0.5, 1: 0.8, 2: 0.6}, {1: 12, 2: 22}, {1: 1.5, 2: 3.0})
     >>> row = summarize([a, b])[0]
     >>> round(row["final_mean"], 4), round(row["final_std"], 4), row["best_mean"], row["tokens_mean"]
     (0.65, 0.0707, 0.75, 21.0)
+    >>> row = summarize([a, b], at=[1])[0]
+    >>> row["at_1_mean"], round(row["at_1_std"], 4), row["at_1_runs"]
+    (0.7, 0.1414, 2)
     """
     groups: dict[str, list[RunCurve]] = {}
     for c in curves:
@@ -132,6 +136,10 @@ def summarize(curves: list[RunCurve], direction: str = "maximize") -> list[dict]
                 "run_ids": [c.run_id for c in members],
             }
         )
+        for k in at:
+            values = [c.points[k] for c in members if k in c.points]
+            mean, std = _mean_std(values) if values else (None, None)
+            rows[-1].update({f"at_{k}_mean": mean, f"at_{k}_std": std, f"at_{k}_runs": len(values)})
     sign = -1 if direction == "maximize" else 1
     return sorted(rows, key=lambda r: (sign * r["final_mean"], r["group"]))
 
@@ -194,8 +202,10 @@ def compare(
     tracking_uri: str | None = None,
     out_dir: str | Path | None = None,
     direction: Literal["maximize", "minimize"] = "maximize",
+    at: Sequence[int] = (),
 ) -> dict:
     """Summarise and plot the experiment's finished runs; log it all to a 'compare' run.
+    `at`: iterations whose metric values join the table (see `summarize`).
 
     Returns {'rows': one dict per group, 'plots': {axis: png path}, 'table': csv path,
     'mlflow_run_id': the compare run, 'out_dir': folder}.
@@ -213,13 +223,14 @@ def compare(
             f"Experiment {experiment!r} has no finished training run that logged {metric!r} (sweep trials are left out). "
             "Train some runs first (e.g. attnrl compare --suite experiments/ablations/suite.yaml), or pass another --metric."
         )
-    rows = summarize(curves, direction)
+    rows = summarize(curves, direction, at)
     out = Path(out_dir) if out_dir is not None else RUNS_DIR / "compare" / slug(experiment)
     out.mkdir(parents=True, exist_ok=True)
     plots = {axis: plot(curves, axis, metric, f"{experiment}: {metric} vs {X_AXES[axis]}", out / f"{slug(metric)}_vs_{axis}.png") for axis in X_AXES}
     table = out / f"{slug(metric)}.csv"
     with table.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
+        at_columns = [f"at_{k}_{part}" for k in at for part in ("mean", "std", "runs")]
+        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS + at_columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     (out / f"{slug(metric)}.json").write_text(json.dumps({"experiment": experiment, "metric": metric, "direction": direction, "rows": rows}, indent=1))

@@ -57,6 +57,11 @@ def test_summary_is_mean_and_sample_std_over_seeds_best_final_first():
     # lower is better: the order flips and 'best' takes the minimum
     low = summarize(runs, direction="minimize")
     assert [r["group"] for r in low] == ["a", "b"] and low[0]["best_mean"] == pytest.approx(0.55)
+    # the metric at chosen iterations, over the runs that evaluated there (b skipped iteration 1)
+    b, a = summarize(runs, at=[1, 2])
+    assert (a["at_1_mean"], a["at_1_runs"]) == (pytest.approx(0.65), 2) and a["at_1_std"] == pytest.approx(0.2121320344)
+    assert (b["at_1_mean"], b["at_1_std"], b["at_1_runs"]) == (None, None, 0)
+    assert (b["at_2_mean"], b["at_2_std"], b["at_2_runs"]) == (0.75, 0.0, 1)
 
 
 def test_band_is_mean_min_max_over_the_steps_every_seed_evaluated():
@@ -171,6 +176,12 @@ def test_suite_of_real_runs_then_compare_table_plots_and_mlflow_run(base_uri, tm
     cli = CliRunner().invoke(app, ["compare", "--experiment", "compare-test", "--tracking-uri", uri, "--out", str(out)])
     assert cli.exit_code == 0, cli.output[-3000:]
     assert "attnrl" in cli.stdout and "grpo" in cli.stdout and "±" in cli.stdout and "avg_at_1 in %" in cli.stdout
+    at = CliRunner().invoke(app, ["compare", "--experiment", "compare-test", "--tracking-uri", uri, "--out", str(tmp_path / "at"), "--at", "1"])
+    assert at.exit_code == 0 and "it 1" in at.stdout, at.output[-3000:]
+    with open(tmp_path / "at" / "eval-heldout-avg_at_1.csv") as f:
+        assert all(float(r["at_1_mean"]) == pytest.approx(float(r["final_mean"])) for r in csv.DictReader(f))  # iteration 1 is the last
+    bad = CliRunner().invoke(app, ["compare", "--experiment", "compare-test", "--tracking-uri", uri, "--at", "-3"])
+    assert bad.exit_code == 2 and "--at takes iterations >= 0" in bad.output
 
     result = compare("compare-test", tracking_uri=uri, out_dir=out)
     client = mlflow.MlflowClient(uri)
