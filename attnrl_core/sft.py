@@ -25,23 +25,32 @@ from attnrl_core.batching import length_micro_batches
 IGNORE = -100
 
 
-def sft_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask, labels) with labels only on completion + EOS."""
-    rows, label_rows = [], []
+def encode_demonstrations(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str]) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per demonstration: prompt + completion + EOS, labelled on completion + EOS only."""
+    encoded = []
     for prompt, completion in zip(prompts, completions, strict=True):
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append(p + c)
-        label_rows.append([IGNORE] * len(p) + c)
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, L)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)  # (B, L)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
-    for i, (r, lab) in enumerate(zip(rows, label_rows)):
-        input_ids[i, : len(r)] = torch.tensor(r)
+        encoded.append((p + c, [IGNORE] * len(p) + c))
+    return encoded
+
+
+def pad_demonstrations(encoded: list[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, labels) of encoded demonstrations."""
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)  # (B, L)
+    labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)  # (B, L)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)  # (B, L)
+    for i, (ids, lab) in enumerate(encoded):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
         labels[i, : len(lab)] = torch.tensor(lab)
-        mask[i, : len(r)] = 1
+        mask[i, : len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def sft_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, labels) with labels only on completion + EOS."""
+    return pad_demonstrations(encode_demonstrations(tokenizer, prompts, completions), tokenizer.pad_token_id)
 
 
 def accumulate_gradients(
@@ -53,17 +62,16 @@ def accumulate_gradients(
     tokens (`length_micro_batches`), each pass's loss summed over its tokens and divided by the
     whole batch's count: the same gradient as one padded pass, up to float rounding.
     """
+    encoded = encode_demonstrations(tokenizer, prompts, completions)
     if micro_batch_tokens <= 0:
-        loss = model(**sft_batch(tokenizer, prompts, completions), use_cache=False).loss
+        loss = model(**pad_demonstrations(encoded, tokenizer.pad_token_id), use_cache=False).loss
         loss.backward()
         return loss.item()
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
-    targets = sum(len(c) + 1 for c in completion_ids)  # completion tokens + EOS: the mean's divisor
-    passes = length_micro_batches([len(p) + len(c) + 1 for p, c in zip(prompt_ids, completion_ids)], micro_batch_tokens)
+    targets = sum(label != IGNORE for _, labels in encoded for label in labels)  # the token mean's divisor
+    passes = length_micro_batches([len(ids) for ids, _ in encoded], micro_batch_tokens)
     loss = 0.0
     for rows in passes:
-        batch = sft_batch(tokenizer, [prompts[i] for i in rows], [completions[i] for i in rows])
+        batch = pad_demonstrations([encoded[i] for i in rows], tokenizer.pad_token_id)
         part = model(**batch, use_cache=False, num_items_in_batch=targets).loss  # sum over the pass / targets
         part.backward()
         loss += part.item()
