@@ -30,3 +30,13 @@ def length_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list
         else:
             groups.append([i])
     return groups
+
+
+def computed_positions(lengths: Sequence[int], token_budget: int) -> int:
+    """Token positions a forward pass computes when `lengths` run as `length_micro_batches`:
+    each pass costs its rows x its longest row (real tokens + padding).
+
+    >>> computed_positions([5, 30, 8, 28, 6], token_budget=60), computed_positions([5, 30, 8, 28, 6], token_budget=0)
+    (84, 150)
+    """
+    return sum(len(group) * max(lengths[i] for i in group) for group in length_micro_batches(lengths, token_budget))

@@ -33,7 +33,7 @@ from attnrl_core import data  # noqa: E402
 from attnrl_core.config import load_config  # noqa: E402
 from attnrl_core.policy import load_policy  # noqa: E402
 from attnrl_core.rollout import SamplingParams, make_engine  # noqa: E402
-from attnrl_core.batching import length_micro_batches  # noqa: E402
+from attnrl_core.batching import computed_positions  # noqa: E402
 from attnrl_core.trainer import PolicySample, TorchTrainer  # noqa: E402
 
 
@@ -54,11 +54,7 @@ def sampled_batch(model, tokenizer, count: int, seed: int) -> list[PolicySample]
 def real_share(samples: list[PolicySample], minibatch: int, budget: int) -> float:
     """Real tokens / computed positions (rows x longest row) over the epoch's passes."""
     lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
-    computed = 0
-    for start in range(0, len(lengths), minibatch):
-        chunk = lengths[start : start + minibatch]
-        for group in length_micro_batches(chunk, budget):
-            computed += len(group) * max(chunk[i] for i in group)
+    computed = sum(computed_positions(lengths[start : start + minibatch], budget) for start in range(0, len(lengths), minibatch))
     return sum(lengths) / computed
 
 

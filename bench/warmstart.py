@@ -25,10 +25,10 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
 
 from attnrl_core import data  # noqa: E402
-from attnrl_core.batching import length_micro_batches  # noqa: E402
+from attnrl_core.batching import computed_positions  # noqa: E402
 from attnrl_core.config import load_config  # noqa: E402
 from attnrl_core.policy import build_tokenizer, init_tiny_policy  # noqa: E402
-from attnrl_core.sft import train_sft  # noqa: E402
+from attnrl_core.sft import encode_demonstrations, train_sft  # noqa: E402
 from tasks.warmstart import demonstration_batches  # noqa: E402
 
 
@@ -58,9 +58,9 @@ def main() -> None:
     def real_share(budget: int) -> float:
         real = computed = 0
         for prompts, completions in batches:
-            lengths = [len(tokenizer(p + c, add_special_tokens=False)["input_ids"]) + 1 for p, c in zip(prompts, completions)]
+            lengths = [len(ids) for ids, _ in encode_demonstrations(tokenizer, prompts, completions)]
             real += sum(lengths)
-            computed += sum(len(g) * max(lengths[i] for i in g) for g in length_micro_batches(lengths, budget))
+            computed += computed_positions(lengths, budget)
         return real / computed
 
     run(args.budgets[0])  # warm-up
