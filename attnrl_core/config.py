@@ -317,6 +317,24 @@ def _field_info(loc: tuple) -> Any:
     return info
 
 
+def spec_error(exc: ValidationError, what: str, source: str, example: str) -> AttnRLError:
+    """One paragraph naming each bad field of a spec file (a sweep, a suite) that is not a Config.
+
+    spec_error(exc, "sweep file", "s.yaml", "experiments/sweeps/branching.yaml") ->
+    "Invalid sweep file s.yaml: unknown field 'trails'. See experiments/sweeps/branching.yaml for every field."
+    """
+    parts = []
+    for e in exc.errors():
+        dotted = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown field '{dotted}'")
+        elif e["type"] == "missing":
+            parts.append(f"field '{dotted}' is required")
+        else:
+            parts.append(f"field '{dotted}' = {e.get('input')!r}: {e['msg']}")
+    return AttnRLError(f"Invalid {what} {source}: " + "; ".join(parts) + f". See {example} for every field.")
+
+
 def validation_message(exc: ValidationError, source: str) -> str:
     """One paragraph naming each bad field, what was given and what is allowed."""
     parts = []

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import mlflow
-import yaml
 from mlflow.tracking import MlflowClient
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from attnrl_core.config import load_config
+from attnrl_core.config import load_config, read_yaml_mapping, spec_error
 from attnrl_core.errors import AttnRLError
 from flows import RUNS_DIR, tracking
 
@@ -263,13 +262,9 @@ def load_suite(path: str | Path, seeds: list[int] | None = None, overrides: list
     if not path.is_file():
         raise AttnRLError(f"Suite file {path} does not exist (see experiments/ablations/suite.yaml).")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        spec = SuiteSpec.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise AttnRLError(f"Suite file {path} is not valid YAML: {exc}") from None
+        spec = SuiteSpec.model_validate(read_yaml_mapping(path, what="Suite file"))
     except ValidationError as exc:
-        detail = "; ".join(f"field '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
-        raise AttnRLError(f"Invalid suite file {path}: {detail}.") from None
+        raise spec_error(exc, "suite file", str(path), "experiments/ablations/suite.yaml") from None
     if seeds:
         spec.seeds = list(seeds)
     spec.overrides = spec.overrides + list(overrides or [])

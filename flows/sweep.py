@@ -46,7 +46,7 @@ from mlflow.tracking import MlflowClient
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from attnrl_core.config import describe_fields, load_config, read_yaml_mapping
+from attnrl_core.config import describe_fields, load_config, read_yaml_mapping, spec_error
 from attnrl_core.errors import AttnRLError
 from flows import RUNS_DIR, tracking
 
@@ -158,19 +158,6 @@ class SweepSpec(_Spec):
     poll_s: float = Field(5.0, gt=0, description="Seconds an idle worker waits while others finish the last trials.")
 
 
-def _spec_error(exc: ValidationError, source: str) -> AttnRLError:
-    parts = []
-    for e in exc.errors():
-        dotted = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown field '{dotted}'")
-        elif e["type"] == "missing":
-            parts.append(f"field '{dotted}' is required")
-        else:
-            parts.append(f"field '{dotted}' = {e.get('input')!r}: {e['msg']}")
-    return AttnRLError(f"Invalid sweep file {source}: " + "; ".join(parts) + ". See experiments/sweeps/branching.yaml for every field.")
-
-
 def format_value(value: Any) -> str:
     """A value as the YAML text of a --set override, exact for floats.
 
@@ -206,7 +193,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        raise _spec_error(exc, str(path)) from None
+        raise spec_error(exc, "sweep file", str(path), "experiments/sweeps/branching.yaml") from None
     base = resolve_base(spec, path)
     if not base.is_file():
         raise AttnRLError(

@@ -133,6 +133,12 @@ def test_suite_runs_every_ablation_with_three_seeds(tmp_path):
         load_suite(tmp_path / "bad.yaml")
     with pytest.raises(AttnRLError, match="does not exist"):
         load_suite(tmp_path / "none.yaml")
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({"configs": ["a.yaml"], "seeds": [0], "seed": 1}))
+    with pytest.raises(AttnRLError, match="unknown field 'seed'"):
+        load_suite(tmp_path / "typo.yaml")
+    (tmp_path / "broken.yaml").write_text("configs: [a.yaml\nseeds: [0]\n")
+    with pytest.raises(AttnRLError, match=r"broken.yaml line \d+ is not valid YAML"):
+        load_suite(tmp_path / "broken.yaml")
 
 
 def test_compare_names_a_missing_experiment_and_the_cli_wants_one_source(tmp_path):
