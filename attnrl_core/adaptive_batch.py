@@ -1,6 +1,6 @@
 """Adaptive prompt batch size: keep the number of useful training sequences near its target.
 
-SPEC §6. B_1 is the initial prompt batch. After step m-1, with B' the target number of training
+docs/method.md §6. B_1 is the initial prompt batch. After step m-1, with B' the target number of training
 sequences and B'' the number that survived zero-advantage filtering, lambda = 0.9:
 
     release: B_m = ceil( lambda*B_{m-1} + (1-lambda) * floor(B_{m-1} * B' / B'') )
@@ -67,9 +67,9 @@ def next_prompt_batch_size(
     max_prompts: int = 256,
     max_growth: float = 2.0,
 ) -> int:
-    """B_m from B_{m-1} = prev_prompts and B'' = valid_sequences (SPEC §6).
+    """B_m from B_{m-1} = prev_prompts and B'' = valid_sequences (docs/method.md §6).
 
-    Defaults: SPEC's paper-scale target 64*6*5 = 1920 and lambda 0.9; the clamp's upper end
+    Defaults: the paper-scale target 64*6*5 = 1920 and lambda 0.9; the clamp's upper end
     (4x the paper's 64 prompts) and max_growth 2 bound the cost of one step after a bad one.
 
     >>> next_prompt_batch_size(64, 960)                # ceil(57.6 + 0.1 * floor(128)) = ceil(70.4)

@@ -60,7 +60,7 @@ def get_advantage_estimator(name: str) -> AdvantageEstimator:
 
 @register_advantage_estimator("tree")
 def tree_advantages(responses: Sequence[InitialResponse]) -> PromptAdvantages:
-    """TreeRL's tree advantages (SPEC §4, see tree.build_tree): one sample per root-to-leaf
+    """TreeRL's tree advantages (docs/method.md §4, see tree.build_tree): one sample per root-to-leaf
     path of more than one node; unbranched responses count in V(root) only."""
     tree = build_tree(responses)
     return PromptAdvantages(samples=tree.samples, dropped=tree.dropped, tree=tree)

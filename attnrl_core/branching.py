@@ -1,4 +1,4 @@
-"""Where to branch a response (SPEC §3): FCI zeroing rules and branch criteria by name.
+"""Where to branch a response (docs/method.md §3): FCI zeroing rules and branch criteria by name.
 
 A branch criterion looks at ONE response and returns the token positions (relative to the
 response) where continuations start: the continuation prompt is prompt + response[:p], so the
@@ -12,7 +12,7 @@ branch, and would give the tree an empty first segment.
 
 Criteria that pick STEP STARTS (fci, random, earliest) never pick the first response step
 (its start is 0), so "step 1, 2, ..." below counts the eligible steps from the second
-response step on; in SPEC's numbering (prompt = 0, response steps 1..T) these are steps 2, 3, ...
+response step on; in the numbering of docs/method.md §1 (prompt = 0, response steps 1..T) these are steps 2, 3, ...
 This is how the release indexes them too (its fill loop is `arange(1, step_nums)` over
 response steps counted from 0).
 
@@ -42,10 +42,10 @@ def zero_fci_scores(
     zero_first_step: bool = True,
     zero_answer_summary: bool = True,
 ) -> torch.Tensor:
-    """Apply SPEC §2's zeroing rules to one response's raw FCI; returns a new tensor.
+    """Apply docs/method.md §2's zeroing rules to one response's raw FCI; returns a new tensor.
 
     step_scores: (S,) raw FCI per step, index 0 = the prompt, 1..S-1 = response steps.
-    answer_step: SPEC index of the step holding the last "</think>" (steps.answer_summary_step),
+    answer_step: index (docs/method.md §1) of the step holding the last "</think>" (steps.answer_summary_step),
     or None when the response has none. The defaults are the release's (all three on): the
     prompt is not a branchable step, the first response step attends only to the prompt
     (its FCI mostly measures the question), and the answer summary restates earlier work.
@@ -155,14 +155,14 @@ def fci_points(
     is positive, the smallest positive score. Candidates = response steps 2..T with score >=
     threshold, in step order; take them earliest first while the step start is at least
     min_token_offset tokens into prompt+response and at least min_token_gap tokens from every
-    point already taken (SPEC: distance between points). Too few: fill with the earliest
+    point already taken (docs/method.md §3: distance between points). Too few: fill with the earliest
     steps 2, 3, ... not taken yet, WITHOUT the offset and gap rules (as the release fills).
     A response with fewer eligible steps than num_points gets fewer points (the release
     repeats points instead; a repeated point would only double its continuations).
 
     Differences from the release, kept on purpose: the release measures the gap from the END
     of the earlier chosen step to the start of the later one, and its offset counts left
-    padding of the prompt too; SPEC measures point to point and from the real prompt start.
+    padding of the prompt too; the method (§3) measures point to point and from the real prompt start.
 
     Example (prompt_len 5, steps of 10 tokens starting 0,10,..,50, zeroed scores
     [0 | 0, .9, .1, .8, .2, .7]): threshold = quantile([0,.9,.1,.8,.2,.7], 0.8) = 0.8,
@@ -280,7 +280,7 @@ def random_points(
 def earliest_points(
     view: ResponseView, *, num_points: int = 2, generator: torch.Generator | None = None
 ) -> list[int]:
-    """The first num_points branchable step starts (no FCI): SPEC's "steps 1 and 2".
+    """The first num_points branchable step starts (no FCI): docs/method.md §3's "steps 1 and 2".
 
     Example: steps starting at 0, 10, 20, 30 -> [10, 20].
     """

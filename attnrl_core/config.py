@@ -1,4 +1,4 @@
-"""One typed config for a whole experiment (SPEC.md: every constant is a field here).
+"""One typed config for a whole experiment (docs/method.md: every constant is a field here).
 
 A config is built in four layers, later ones winning:
 
@@ -6,9 +6,11 @@ A config is built in four layers, later ones winning:
 
 Example::
 
-    >>> cfg = load_config("experiments/tiny.yaml", ["branch.rho=0.3", "method=treerl"])
+    >>> cfg = load_config(None, ["branch.rho=0.3", "method=treerl"])
     >>> cfg.branch.rho, cfg.branch.criterion, cfg.batch.adaptive
     (0.3, 'entropy', False)
+    >>> load_config("experiments/tiny.yaml", ["method=treerl"]).branch.criterion  # the YAML names fci
+    'fci'
 
 Every field carries its documentation in `Field(description=...)`; `attnrl config` prints the
 same text next to each resolved value, so the docs and `--help` cannot drift apart. Unknown
@@ -113,7 +115,7 @@ class RolloutConfig(_Section):
 
 
 class FCIConfig(_Section):
-    delta: int = Field(4, ge=1, description="Delta: a step influences only steps at least this far after it (SPEC §2).")
+    delta: int = Field(4, ge=1, description="Delta: a step influences only steps at least this far after it (docs/method.md §2).")
     aggregate: Literal["max", "mean"] = Field("max", description="Reduction over layers and heads: 'max' (paper) or 'mean' (ablation).")
     zero_prompt: bool = Field(True, description="Zero the prompt step's FCI (release behaviour).")
     zero_first_step: bool = Field(True, description="Zero the first response step's FCI (release behaviour).")
@@ -133,7 +135,7 @@ class BranchConfig(_Section):
 
 
 class ExpansionConfig(_Section):
-    fci_filter: bool = Field(True, description="Difficulty-aware filter: all-correct prompts branch only if their mean FCI beats the running mean (SPEC §5).")
+    fci_filter: bool = Field(True, description="Difficulty-aware filter: all-correct prompts branch only if their mean FCI beats the running mean (docs/method.md §5).")
     strict: bool = Field(True, description="Filter comparison: mf > running mean (release) vs mf >= running mean (paper).")
     mode: Literal["exp", "uniform"] = Field("exp", description="Responses to branch per prompt: ceil/round(G*exp(-acc)) ('exp') or all G ('uniform', ablation).")
     rounding: Literal["ceil", "round"] = Field("ceil", description="Rounding of G*exp(-acc): 'ceil' (release) or 'round' (paper).")
@@ -141,7 +143,7 @@ class ExpansionConfig(_Section):
 
 class BatchConfig(_Section):
     prompts: int = Field(16, ge=1, description="B_1: prompts in the first batch (64 at paper scale).")
-    adaptive: bool = Field(True, description="Adapt the prompt batch size to keep valid training sequences near the target (SPEC §6).")
+    adaptive: bool = Field(True, description="Adapt the prompt batch size to keep valid training sequences near the target (docs/method.md §6).")
     target_sequences: int = Field(128, ge=1, description="B': target number of training sequences per step (1920 at paper scale).")
     smoothing: float = Field(0.9, ge=0.0, le=1.0, description="lambda: weight of the previous batch size in the update.")
     formula: Literal["release", "paper"] = Field("release", description="Adaptive batch update: release (ceil/floor) or paper (round).")
@@ -205,7 +207,7 @@ class EvalConfig(_Section):
 
 
 class VerifyConfig(_Section):
-    timeout_s: float = Field(5.0, gt=0.0, description="Time limit per response of the math-verify fallback (SPEC §9); a response past it counts as wrong.")
+    timeout_s: float = Field(5.0, gt=0.0, description="Time limit per response of the math-verify fallback (docs/method.md §9); a response past it counts as wrong.")
 
 
 class Config(_Section):
@@ -215,21 +217,21 @@ class Config(_Section):
     )
     seed: int = Field(0, description="Run seed; every phase's seed is derived from (seed, iteration, phase).")
     pipeline: Literal["one_step_off", "on_policy"] = Field(
-        "one_step_off", description="Generation pipeline: one call per iteration (one_step_off, SPEC §7) or two (on_policy)."
+        "one_step_off", description="Generation pipeline: one call per iteration (one_step_off, docs/method.md §7) or two (on_policy)."
     )
     advantage: Literal["tree", "grpo"] = Field("tree", description="Advantage estimator: TreeRL tree advantages or GRPO group-normalised outcomes.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The policy.")
     data: DataConfig = Field(default_factory=DataConfig, description="Training and evaluation data.")
     warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig, description="Warm start of the tiny policy.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling of responses and continuations.")
-    fci: FCIConfig = Field(default_factory=FCIConfig, description="Forward Context Influence scoring (SPEC §2).")
-    branch: BranchConfig = Field(default_factory=BranchConfig, description="Branch-point selection (SPEC §3).")
-    expansion: ExpansionConfig = Field(default_factory=ExpansionConfig, description="Difficulty-aware exploration (SPEC §5).")
-    batch: BatchConfig = Field(default_factory=BatchConfig, description="Adaptive batch sampling (SPEC §6).")
-    optim: OptimConfig = Field(default_factory=OptimConfig, description="Loss and optimiser (SPEC §8).")
+    fci: FCIConfig = Field(default_factory=FCIConfig, description="Forward Context Influence scoring (docs/method.md §2).")
+    branch: BranchConfig = Field(default_factory=BranchConfig, description="Branch-point selection (docs/method.md §3).")
+    expansion: ExpansionConfig = Field(default_factory=ExpansionConfig, description="Difficulty-aware exploration (docs/method.md §5).")
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="Adaptive batch sampling (docs/method.md §6).")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Loss and optimiser (docs/method.md §8).")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Iterations, evaluation, checkpoints, retries.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation sampling.")
-    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="The answer verifier (SPEC §9).")
+    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="The answer verifier (docs/method.md §9).")
 
     def hash(self) -> str:
         """Stable 12-hex digest of the resolved config (key order independent)."""
@@ -237,7 +239,7 @@ class Config(_Section):
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-# Method presets (SPEC §3): the baselines share the tree machinery and differ in these switches.
+# Method presets (docs/method.md §3): the baselines share the tree machinery and differ in these switches.
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "attnrl": {},
     "treerl": {

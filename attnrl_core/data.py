@@ -8,7 +8,7 @@ the fewest parentheses that make ordinary precedence agree with the left-to-righ
     solution: "12 + 7 = 19\\n\\n19 * 3 = 57\\n\\n57 - 5 = 52\\n\\nThe answer is \\\\boxed{52}"
     answer:   "52"
 
-One operation per step, steps separated by "\\n\\n" (SPEC section 1), the last step boxes the
+One operation per step, steps separated by "\\n\\n" (docs/method.md §1), the last step boxes the
 answer. Some solutions (seeded) open with a planning step ("Let me do 3 steps.") and/or repeat
 one operation in a checking step right after it ("Wait, let me check: 19 * 3 = 57."), so that
 some steps are read again by later ones: those are the influential steps FCI should find.
@@ -44,7 +44,7 @@ import numpy as np
 
 from attnrl_core.errors import AttnRLError
 
-# SPEC section 10's prompt suffix; one backslash in the actual text.
+# docs/method.md §10's prompt suffix; one backslash in the actual text.
 SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
 STEP_SEPARATOR = "\n\n"
 COMPUTE_LEAD = "Compute "
@@ -147,7 +147,7 @@ class MathWorld:
 
 
 def format_prompt(problem: str) -> str:
-    """The prompt the policy sees (SPEC section 10).
+    """The prompt the policy sees (docs/method.md §10).
 
     >>> format_prompt("Compute 12 + 7.")
     "Compute 12 + 7. Let's think step by step and output the final answer within \\\\boxed{}."

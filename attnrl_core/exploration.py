@@ -1,6 +1,6 @@
 """Difficulty-aware exploration: which prompts get continuations, and from how many responses.
 
-SPEC §5. Per prompt, from its G initial samples:
+docs/method.md §5. Per prompt, from its G initial samples:
 
     acc = (# correct) / G
     mf  = mean over the G responses of the mean FCI over that response's steps
@@ -267,7 +267,7 @@ def plan_exploration(
     rounding: str = "ceil",
     mode: str = "exp",
 ) -> ExplorationPlan:
-    """Decide, for a batch of prompts, which responses to branch from (SPEC §5).
+    """Decide, for a batch of prompts, which responses to branch from (docs/method.md §5).
 
     Order of work, as in the release: (1) add the mf of this batch's all-correct prompts to a
     copy of the running mean; (2) an all-correct prompt is kept only if its mf > that mean

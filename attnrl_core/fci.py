@@ -1,4 +1,4 @@
-"""Forward Context Influence (FCI), SPEC §2, in one streaming forward pass of the policy.
+"""Forward Context Influence (FCI), docs/method.md §2, in one streaming forward pass of the policy.
 
 One call of `score` runs the policy once over prompt+response and returns, per sequence, the raw
 FCI of every step, plus per-token log-probs and entropies (the PPO behaviour log-probs and the
@@ -117,7 +117,7 @@ def step_layout(
     ([[0, 0, 2, 2, 4]], [[3, 0, 1, 1, 2]], [3])
     """
     if not isinstance(delta, int) or isinstance(delta, bool) or delta < 0:
-        raise AttnRLError(f"FCI delta must be an integer >= 0 (SPEC §2 default 4); got {delta!r}.")
+        raise AttnRLError(f"FCI delta must be an integer >= 0 (docs/method.md §2 default 4); got {delta!r}.")
     B, L = attention_mask.shape
     if len(step_spans) != B:
         raise AttnRLError(
@@ -449,7 +449,7 @@ def score(
     model: a transformers causal LM whose attention goes through AttentionInterface (Qwen2, Llama).
     input_ids, attention_mask: (B, L) long, left- or right-padded.
     step_spans[b]: [start, end) absolute positions of the steps of row b; step 0 is the prompt.
-    delta: steps j >= k + delta count towards y[k] (SPEC §2, default 4).
+    delta: steps j >= k + delta count towards y[k] (docs/method.md §2, default 4).
     aggregate: "max" over layers and heads (paper) or "mean" (ablation).
     chunk_size: query rows per block; None picks it from B, heads and L (see DEFAULT_BLOCK_BYTES).
 

@@ -1,6 +1,6 @@
 """The policy loss: token-level PPO with clip-higher and dual clip, plus a k3 KL to the reference.
 
-SPEC §8, written to match verl's `compute_policy_loss_vanilla` + `kl_penalty(low_var_kl)` +
+docs/method.md §8, written to match verl's `compute_policy_loss_vanilla` + `kl_penalty(low_var_kl)` +
 `agg_loss(token-mean)`, which the release runs. Per valid token, with r = pi / pi_old:
 
     ratio = exp(clamp(logp - logp_old, -20, 20))

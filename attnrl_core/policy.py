@@ -5,7 +5,7 @@ CPU default (the tiny policy saved by the warm start) and a real model on a GPU 
 code path.
 
 The tiny tokenizer is character level over printable ASCII plus "\\n", with a few phrase pieces of
-the synthetic world as single tokens ("\\n\\n" above all: SPEC §1 splits steps after every token
+the synthetic world as single tokens ("\\n\\n" above all: docs/method.md §1 splits steps after every token
 whose text contains it). Example::
 
     >>> tok = build_tokenizer(["\\n\\n", "Compute "])
@@ -124,7 +124,7 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """Token ids of a prompt: through the chat template when the tokenizer has one (hub chat
-    models), else the raw text (the tiny policy). SPEC §1: this whole sequence is step 0."""
+    models), else the raw text (the tiny policy). docs/method.md §1: this whole sequence is step 0."""
     if getattr(tokenizer, "chat_template", None):
         out = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)

@@ -1,8 +1,8 @@
 """The score phase: one policy forward per response gives log-probs, entropies and step FCI.
 
-For every initial response of a batch of prompt groups this fills `step_spans` (SPEC §1),
-`token_logprobs` (the PPO behaviour log-probs of the original tokens, SPEC §0), `token_entropy`
-(for the entropy criterion) and `step_fci` (SPEC §2, zeroing rules applied: index 0 = prompt).
+For every initial response of a batch of prompt groups this fills `step_spans` (docs/method.md §1),
+`token_logprobs` (the PPO behaviour log-probs of the original tokens, docs/method.md §0), `token_entropy`
+(for the entropy criterion) and `step_fci` (docs/method.md §2, zeroing rules applied: index 0 = prompt).
 Rows are packed left-padded into micro-batches of similar length.
 
 Example: a group with prompt [7, 8] and response [3, 10, 9] where 10 is the "\\n\\n" token gets

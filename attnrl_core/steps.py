@@ -1,4 +1,4 @@
-"""Reasoning steps (SPEC §1): where a response is cut into steps, and where its answer summary starts.
+"""Reasoning steps (docs/method.md §1): where a response is cut into steps, and where its answer summary starts.
 
 A response is split after every token whose decoded text contains "\\n\\n"; the separator token
 ends (belongs to) its step, and a trailing piece without a separator is the last step. Step 0
@@ -82,7 +82,7 @@ def separator_mask(tokenizer, vocab_size: int | None = None) -> tuple[torch.Tens
 def split_steps(
     response_ids: Sequence[int] | torch.Tensor, sep_mask: torch.Tensor
 ) -> list[tuple[int, int]]:
-    """Response steps as [start, end) spans relative to the response (step k of SPEC = item k-1).
+    """Response steps as [start, end) spans relative to the response (step k of docs/method.md §1 = item k-1).
 
     Pass the response without padding. A step ends with (includes) its separator token; a
     trailing piece without one is the last step; an empty response has no steps.
@@ -118,7 +118,7 @@ def absolute_step_spans(
 def answer_summary_step(
     token_texts: Sequence[str], response_steps: Sequence[tuple[int, int]], marker: str = "</think>"
 ) -> int | None:
-    """SPEC step index (response steps are 1..T) of the step holding the LAST `marker`, or None.
+    """Step index (docs/method.md §1) (response steps are 1..T) of the step holding the LAST `marker`, or None.
 
     token_texts is the response's per-token text (`[vocab_texts[i] for i in response_ids]` with
     vocab_texts from `decode_vocab`); matching on text rather than token ids finds the marker

@@ -1,10 +1,10 @@
-"""The policy update: PPO over root-to-leaf paths (SPEC §8), with torch and DeepSpeed backends.
+"""The policy update: PPO over root-to-leaf paths (docs/method.md §8), with torch and DeepSpeed backends.
 
 A `PolicySample` is one training sequence: prompt + response tokens, the advantage of every
 response token, and the behaviour log-probs known from sampling time. For a path that leaves
 an initial response at branch point p, the first p response tokens keep the log-probs stored by
 the scoring pass (they were sampled by that policy) and the continuation's are recomputed with
-the current policy before the first optimizer step (SPEC §7: "prefix kept").
+the current policy before the first optimizer step (docs/method.md §7: "prefix kept").
 
     sample = PolicySample(prompt_ids=[5, 6], response_ids=[7, 8, 9], advantages=[0.3, 0.3, -1.3],
                           stored_logprobs=[-0.2])        # response token 7 stored, 8 and 9 recomputed
@@ -90,7 +90,7 @@ def response_logprobs(
 class TorchTrainer:
     """AdamW + clipped PPO on a transformers causal LM (CPU or one GPU).
 
-    The reference policy is the frozen initial policy (k3 KL, SPEC §8); it is only run when
+    The reference policy is the frozen initial policy (k3 KL, docs/method.md §8); it is only run when
     kl_coef > 0. `micro_batch_tokens` > 0 runs each mini-batch as length-sorted passes of about
     that many padded tokens whose gradients add up to the mini-batch's (`length_micro_batches`):
     the same update up to float rounding, with less compute spent on padding.

@@ -1,4 +1,4 @@
-"""One prompt's Monte-Carlo tree, its node values and TreeRL advantages (SPEC §4).
+"""One prompt's Monte-Carlo tree, its node values and TreeRL advantages (docs/method.md §4).
 
 A branched response with points p1 < p2 becomes segments A=[0,p1), B=[p1,p2), C=[p2,end).
 A's children are B and the continuations from p1; B's children are C and the continuations
@@ -9,7 +9,7 @@ from p2. Unbranched responses are single-segment leaves hanging off the root.
 
 Training samples are the root-to-leaf paths of more than one node (in node order: per
 response, the continuations from p1, then from p2, ..., then the response itself); each
-token gets the advantage of the segment it lies in. SPEC's worked example (root 0.5; a correct response
+token gets the advantage of the segment it lies in. The worked example of docs/method.md §4 (root 0.5; a correct response
 branched at p1 -> {0, 1} and at p2 -> {1, 1}; three wrong unbranched responses):
 
     V(A) = 4/5 = 0.8    adv(A) = ((0.8-0.5) + (0.8-0.5)) / sqrt(5) = 0.2683

@@ -185,7 +185,7 @@ def plan_branches(
     generator: torch.Generator,
     vocab_texts: Sequence[str] = (),
 ) -> tuple[FCIRunningMean, ExplorationCounts]:
-    """Difficulty-aware exploration (which responses, SPEC §5) + the criterion (where, SPEC §3).
+    """Difficulty-aware exploration (which responses, docs/method.md §5) + the criterion (where, docs/method.md §3).
 
     Sets `branch_points` on every response of `groups` (empty = not branched) and returns the
     updated running mean (the caller stores it) and the exploration counters.

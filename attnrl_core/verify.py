@@ -1,4 +1,4 @@
-"""The outcome verifier (SPEC §9): is a response's final answer equal to the reference?
+"""The outcome verifier (docs/method.md §9): is a response's final answer equal to the reference?
 
 A response is correct if either path says so:
 
@@ -645,7 +645,7 @@ if hasattr(os, "register_at_fork"):
 def _check_timeout(timeout_s: float) -> None:
     if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
         raise AttnRLError(
-            f"verifier timeout_s must be a finite number of seconds > 0 (SPEC §9 uses 5.0), "
+            f"verifier timeout_s must be a finite number of seconds > 0 (docs/method.md §9 uses 5.0), "
             f"got {timeout_s!r}."
         )
 
@@ -660,7 +660,7 @@ def _prepare(response: str, reference: str) -> tuple[bool | None, str]:
 
 
 def is_correct(response: str, reference: str, timeout_s: float = 5.0) -> bool:
-    """Is `response`'s final answer equal to `reference`? (SPEC §9; never raises on the text.)
+    """Is `response`'s final answer equal to `reference`? (docs/method.md §9; never raises on the text.)
 
     `timeout_s` bounds the math-verify fallback's work (its worker's start-up and waiting for a
     free worker are not charged to it); past it the answer counts as wrong.

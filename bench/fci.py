@@ -6,7 +6,7 @@
 Three ways to run the policy over one sequence (batch 1, no padding):
   (a) plain:  model forward with SDPA attention (logits only) -- the baseline any trainer pays anyway
   (b) score:  attnrl_core.fci.score (the same logits plus per-step FCI, token log-probs, entropies)
-  (c) naive:  eager forward with output_attentions=True, then SPEC §2 on the returned L x L maps
+  (c) naive:  eager forward with output_attentions=True, then docs/method.md §2 on the returned L x L maps
               (what the release does; needs every layer's attention at once)
 
 Time: one process per (model, L) runs the methods interleaved, round by round, so that load
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 MODELS = {
-    # the tiny policy's shape (SPEC tiny world): 4 layers, width 128, 4 heads (2 kv)
+    # the tiny policy's shape (the tiny world): 4 layers, width 128, 4 heads (2 kv)
     "tiny": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=110),
     # a wider random Qwen2: 12 heads, d=768, 4 layers
@@ -70,7 +70,7 @@ def make_batch(vocab_size: int, L: int, seed: int = 0):
 
 
 def naive_fci(model, ids, mask, spans, delta=4):
-    """Release-style: every layer's full attention from eager, then SPEC §2 with step one-hots."""
+    """Release-style: every layer's full attention from eager, then docs/method.md §2 with step one-hots."""
     import torch
 
     previous = model.config._attn_implementation

@@ -1,4 +1,4 @@
-"""Verifier throughput: a loop of is_correct calls vs one verify_batch (SPEC §9).
+"""Verifier throughput: a loop of is_correct calls vs one verify_batch (docs/method.md §9).
 
     .venv/bin/python bench/verify.py                 # 10,000 mixed responses, median of 3
     .venv/bin/python bench/verify.py --threshold     # one vs two workers by number of fallbacks

@@ -372,7 +372,7 @@ def retry_callback(max_retry: int) -> optuna.storages.RetryHeartbeatStaleTrialCa
 
 def make_objective(spec: SweepSpec, base: Path, fixed: list[str], tracking_uri: str, experiment_id: str, parent_run_id: str, quiet: bool):
     """The function Optuna calls per trial: one `train_flow` run with the trial's values."""
-    from flows.train import EVAL_HOOKS, train_flow
+    from flows.train import train_flow
 
     client = MlflowClient(tracking_uri)
     requeue = retry_callback(spec.heartbeat.max_retry)
@@ -388,8 +388,6 @@ def make_objective(spec: SweepSpec, base: Path, fixed: list[str], tracking_uri: 
             trial.report(eval_metrics[spec.objective.metric], step=iteration)
             return trial.should_prune()
 
-        hook = f"sweep/{spec.study_name}/{trial.number}/{os.getpid()}"
-        EVAL_HOOKS[hook] = report
         # A re-queued trial of a dead worker continues that worker's run from its last checkpoint.
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
         history = frozen.system_attrs.get("retry_history", [])
@@ -400,12 +398,12 @@ def make_objective(spec: SweepSpec, base: Path, fixed: list[str], tracking_uri: 
                 client.set_tag(previous.info.run_id, "optuna_retry_of", ",".join(map(str, history)))
                 if "error" in previous.data.tags:  # set when its worker was found dead; the run lives on
                     client.delete_tag(previous.info.run_id, "error")
-                result = train_flow(None, tracking_uri=tracking_uri, resume=previous.info.run_id, quiet=quiet, eval_hook=hook)
+                result = train_flow(None, tracking_uri=tracking_uri, resume=previous.info.run_id, quiet=quiet, on_evaluation=report)
             else:
                 tags = {"sweep": spec.study_name, "optuna_trial": str(trial.number), **{f"trial.{k}": format_value(v) for k, v in params.items()}}
                 result = train_flow(
                     str(base), fixed + trial_overrides(params), run_name=f"{spec.study_name}-trial-{trial.number:03d}",
-                    tracking_uri=tracking_uri, quiet=quiet, parent_run_id=parent_run_id, extra_tags=tags, eval_hook=hook,
+                    tracking_uri=tracking_uri, quiet=quiet, parent_run_id=parent_run_id, extra_tags=tags, on_evaluation=report,
                 )
         except KeyboardInterrupt:
             # Ctrl-C mid-trial: queue the trial again, so the next run of the sweep resumes its
@@ -421,8 +419,6 @@ def make_objective(spec: SweepSpec, base: Path, fixed: list[str], tracking_uri: 
                 client.set_tag(run.info.run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
             raise TrialFailed(f"trial {trial.number} failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            EVAL_HOOKS.pop(hook, None)
         trial.set_user_attr("mlflow_run_id", result["run_id"])
         if result["pruned"]:
             raise optuna.TrialPruned(f"pruned at iteration {result['pruned_at']}")

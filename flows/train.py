@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import torch
@@ -44,9 +45,9 @@ from tasks.rollout import rollout
 from tasks.score import score
 from tasks.update import update
 
-# Per-process evaluation hooks, by handle: a sweep registers one per trial to report each
-# evaluation to Optuna and learn whether to prune; the flow gets only the handle (a string).
-EVAL_HOOKS: dict = {}
+# Called after each evaluation with (iteration, the eval/ metrics); True stops the run there as
+# pruned. A sweep passes one per trial to report to Optuna.
+EvaluationHook = Callable[[int, dict[str, float]], bool]
 
 
 class RunPruned(Exception):
@@ -158,15 +159,14 @@ def train_flow(
     quiet: bool = False,
     parent_run_id: str | None = None,
     extra_tags: dict | None = None,
-    eval_hook: str | None = None,
+    on_evaluation: EvaluationHook | None = None,
 ) -> dict:
     """Train the config at `config_path` with `overrides` ('branch.rho=0.3', ...), or `resume`
     a run by MLflow id or name (then the config comes from its checkpoint). Returns the run id,
     the base and final held-out accuracy by level, the best checkpoint and the final policy.
 
-    `eval_hook` names a callable in EVAL_HOOKS, called as hook(iteration, eval_metrics) after
-    each evaluation; if it returns True the run stops there, is marked KILLED with tag
-    pruned=true, and the result has pruned=True.
+    `on_evaluation(iteration, eval_metrics)` is called after each evaluation; if it returns True
+    the run stops there, is marked KILLED with tag pruned=true, and the result has pruned=True.
     """
     uri = tracking.resolve_uri(tracking_uri)
     client = MlflowClient(uri)
@@ -273,7 +273,7 @@ def train_flow(
                         html = render_trees_html(s.staged.current[:4], lambda ids: s.tokenizer.decode(ids, skip_special_tokens=True), title=f"{run_id} iteration {it}")
                         client.log_text(run_id, html, f"trees/iter_{it:05d}.html")
                     progress.update(tid, acc=f"{100 * score_now:.1f}%")
-                    if eval_hook and EVAL_HOOKS[eval_hook](it, {k: v for k, v in metrics.items() if k.startswith("eval/")}):
+                    if on_evaluation is not None and on_evaluation(it, {k: v for k, v in metrics.items() if k.startswith("eval/")}):
                         pruned_at = it
                 s.commit_iteration(it)
                 wall = time.perf_counter() - t0

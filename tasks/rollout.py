@@ -1,6 +1,6 @@
 """Rollout phase: sample, verify, and (one-step pipeline) continue the pending batch in one call.
 
-one_step_off (SPEC §7): a single engine call holds the G initial samples of the NEXT batch and
+one_step_off (docs/method.md §7): a single engine call holds the G initial samples of the NEXT batch and
 the T continuations of every branch point of the pending batch; the pending batch becomes this
 iteration's training batch. on_policy: only the initial samples here; the branch phase makes a
 second call for the continuations.

@@ -11,10 +11,7 @@ from pathlib import Path
 
 import pytest
 
-# Test modules also import this file as `tests.conftest` (a second module object): reuse the
-# session's folder instead of making (and pointing the environment at) another one.
-_SESSION_HOME = Path(os.environ.get("ATTNRL_TEST_SESSION_HOME") or tempfile.mkdtemp(prefix="attnrl-tests-"))
-os.environ["ATTNRL_TEST_SESSION_HOME"] = str(_SESSION_HOME)
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="attnrl-tests-"))
 os.environ["ATTNRL_HOME"] = str(_SESSION_HOME / "runs")
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -27,20 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # run must equal the in-process reference), and nothing thrashes when the machine is busy.
 os.environ["OMP_NUM_THREADS"] = "1"
 
-REPO = Path(__file__).resolve().parent.parent
-
-# A reduced tiny world for integration tests: a few warm-start steps on a narrow model, a small
-# held-out set. It exercises every code path of the default, in seconds.
-REDUCED = [
-    "model.tiny.num_layers=2",
-    "model.tiny.hidden_size=32",
-    "model.tiny.intermediate_size=64",
-    "warmstart.steps=30",
-    "warmstart.batch_size=16",
-    "data.heldout_size=40",
-    "eval.max_new_tokens=48",
-]
-
+from tests.support import FIXTURE  # noqa: E402  (after the environment above is set)
 
 @pytest.fixture(scope="session")
 def session_home() -> Path:
@@ -58,3 +42,10 @@ def _remove_session_home():
 def tracking_uri(tmp_path) -> str:
     """A fresh MLflow SQLite store per test."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def base_uri(session_home):
+    """The shared base policy (a checked-in fixture) and an MLflow store for session-wide use."""
+    assert (FIXTURE / "model.safetensors").is_file(), "tests/fixtures/tiny_base is missing: run `make test-fixture`"
+    return f"sqlite:///{session_home / 'base-mlflow.db'}"

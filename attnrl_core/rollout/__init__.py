@@ -100,7 +100,7 @@ class RolloutEngine(Protocol):
         """Sample `params.n` (or `n[i]`) continuations of every prompt; returns [prompt index][sample index].
 
         `n`, when given, is one sample count per prompt replacing `params.n`: one call can hold
-        the G initial samples of new prompts AND the T continuations of branch points (SPEC §7).
+        the G initial samples of new prompts AND the T continuations of branch points (docs/method.md §7).
 
         `max_new_tokens`, when given, is one budget per prompt replacing `params.max_new_tokens`
         (tree sampling truncates continuations so prefix + continuation respects the response

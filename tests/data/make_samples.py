@@ -1,4 +1,4 @@
-"""Writes the sample and deliberately malformed data files used by tests/test_data.py.
+"""Writes the sample and deliberately malformed data files used by tests/unit/test_data.py.
 
 Run from the repository root: .venv/bin/python tests/data/make_samples.py
 The problems are written for these tests (not copied from any benchmark); their answers are

@@ -23,8 +23,8 @@ from flows.compare import (
     slug,
     summarize,
 )
-from tests.conftest import REPO
-from tests.test_train_flow import TRAIN_REDUCED, base_uri  # noqa: F401  (the shared reduced base)
+from tests.support import REPO
+from tests.support import TRAIN_REDUCED
 
 ABLATIONS = REPO / "experiments" / "ablations"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,7 +92,7 @@ def test_slug_makes_metric_names_file_safe():
 
 # ---------------------------------------------------------------------- ablation configs ----
 
-# What each Table 2 row switches relative to full AttnRL (SPEC §3, §5, §6; the paper's ablation).
+# What each Table 2 row switches relative to full AttnRL (docs/method.md §3, §5, §6; the paper's ablation).
 SWITCHES = {
     "treerl": {"method": "treerl", "branch.criterion": "entropy", "expansion.fci_filter": False, "expansion.mode": "uniform", "batch.adaptive": False},
     "attnrl-atb": {"expansion.fci_filter": False, "expansion.mode": "uniform", "batch.adaptive": False},
@@ -158,7 +158,7 @@ def test_compare_names_a_missing_experiment_and_the_cli_wants_one_source(tmp_pat
 
 
 @pytest.mark.slow
-def test_suite_of_real_runs_then_compare_table_plots_and_mlflow_run(base_uri, tmp_path):  # noqa: F811
+def test_suite_of_real_runs_then_compare_table_plots_and_mlflow_run(base_uri, tmp_path):
     """2 methods x 2 seeds of one iteration: trained once (a re-run skips them), then compared."""
     from flows.cli import app
     from flows.compare import ablations_flow

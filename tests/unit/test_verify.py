@@ -1,4 +1,4 @@
-"""The verifier (SPEC §9): rule path, math-verify fallback in worker processes, hostile text.
+"""The verifier (docs/method.md §9): rule path, math-verify fallback in worker processes, hostile text.
 
 The math-verify pool is started once for the module (the `pool` fixture, ~1-2 s) and shared.
 Time bounds use TIMEOUT_S = 1.0 to keep the suite quick; SLACK_S absorbs a loaded, shared CPU.
@@ -33,7 +33,7 @@ from attnrl_core.verify import (
     verify_batch,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 TIMEOUT_S = 1.0
 SLACK_S = 1.5
 # math-verify hangs on these (it stops only at its own signal.alarm, i.e. never in a thread).

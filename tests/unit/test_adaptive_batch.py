@@ -1,4 +1,4 @@
-"""Adaptive prompt batch size and the valid-token ratio (SPEC §6)."""
+"""Adaptive prompt batch size and the valid-token ratio (docs/method.md §6)."""
 
 import doctest
 import json

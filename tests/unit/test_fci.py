@@ -1,4 +1,4 @@
-"""Exactness of the streaming FCI pass against SPEC §2 computed from transformers' eager attention."""
+"""Exactness of the streaming FCI pass against docs/method.md §2 computed from transformers' eager attention."""
 
 import math
 
@@ -86,7 +86,7 @@ def eager_attentions(model, ids, mask):
 
 
 def reference_fci(attentions, spans, delta, aggregate):
-    """SPEC §2 written out plainly: alpha per layer/head, y = sum_{j >= k+delta} alpha[j, k], max/mean."""
+    """docs/method.md §2 written out plainly: alpha per layer/head, y = sum_{j >= k+delta} alpha[j, k], max/mean."""
     result = []
     for b, row in enumerate(spans):
         S = len(row)

@@ -88,7 +88,7 @@ def test_json_round_trip_is_exact():
 
 @pytest.mark.parametrize("correct", range(7))
 def test_leaves_per_prompt_follow_the_expansion_table(correct):
-    """G = 6, N = 2 points, T = 2: leaves = G + 4 * n with n = ceil(6 exp(-acc)) (SPEC §5)."""
+    """G = 6, N = 2 points, T = 2: leaves = G + 4 * n with n = ceil(6 exp(-acc)) (docs/method.md §5)."""
     rewards = [1.0] * correct + [0.0] * (6 - correct)
     group = _group(rewards, n_steps=8, step_len=4)
     settings = BranchSettings(criterion="fci", num_points=2, rho=0.2, min_token_offset=0, min_token_gap=0, fci_filter=False)
@@ -140,7 +140,7 @@ def test_grpo_samples_have_group_normalised_advantages():
 
 
 def test_engine_one_call_holds_initial_samples_and_continuations():
-    """SPEC §7: one generate call with per-prompt sample counts (G for prompts, T for prefixes)."""
+    """docs/method.md §7: one generate call with per-prompt sample counts (G for prompts, T for prefixes)."""
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(Qwen2Config(vocab_size=20, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64))

@@ -1,4 +1,4 @@
-"""Steps (SPEC §1): separator vocabulary, splitting, absolute spans, answer summary."""
+"""Steps (docs/method.md §1): separator vocabulary, splitting, absolute spans, answer summary."""
 
 import doctest
 

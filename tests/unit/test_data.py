@@ -34,8 +34,8 @@ from attnrl_core.data import (
 )
 from attnrl_core.errors import AttnRLError
 
-DATA = Path(__file__).parent / "data"
-REPO = Path(__file__).parent.parent
+DATA = Path(__file__).parent.parent / "data"
+REPO = Path(__file__).parent.parent.parent
 OPERATION_STEP = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)(?:/(\d+))?$")
 BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 

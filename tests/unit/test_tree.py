@@ -1,4 +1,4 @@
-"""Tree, values and TreeRL advantages (SPEC §4)."""
+"""Tree, values and TreeRL advantages (docs/method.md §4)."""
 
 import math
 
@@ -16,7 +16,7 @@ def assert_close(got, want):
 
 
 def spec_example(unbranched_rewards=(0.0, 0.0, 0.0)):
-    """SPEC §4: a correct response (10 tokens) branched at p1=3 -> {0, 1} and p2=7 -> {1, 1}."""
+    """docs/method.md §4: a correct response (10 tokens) branched at p1=3 -> {0, 1} and p2=7 -> {1, 1}."""
     branched = InitialResponse(
         token_ids=list(range(100, 110)),
         reward=1.0,

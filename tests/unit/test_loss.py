@@ -1,4 +1,4 @@
-"""The PPO loss (SPEC §8) against a plain per-token reference written with Python loops."""
+"""The PPO loss (docs/method.md §8) against a plain per-token reference written with Python loops."""
 
 import doctest
 import math

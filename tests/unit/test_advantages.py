@@ -62,7 +62,7 @@ def test_grpo_drops_agreeing_groups_and_refuses_branches():
 
 
 def test_tree_estimator_is_the_tree_formula():
-    # SPEC §4 worked example through the registry
+    # docs/method.md §4 worked example through the registry
     group = [
         InitialResponse(list(range(10)), 1.0, [3, 7],
                         [[Continuation([1], 0.0), Continuation([2], 1.0)],

@@ -6,7 +6,7 @@ import mlflow
 import pytest
 
 from attnrl_core.config import load_config
-from tests.conftest import REDUCED
+from tests.support import REDUCED
 
 pytestmark = pytest.mark.slow
 

@@ -33,8 +33,8 @@ from flows.sweep import (
     make_sampler,
     study_counts,
 )
-from tests.conftest import REPO
-from tests.test_train_flow import TRAIN_REDUCED, base_uri  # noqa: F401  (the shared reduced base)
+from tests.support import REPO
+from tests.support import TRAIN_REDUCED
 
 TINY = str(REPO / "experiments/tiny.yaml")
 # A trial here is a one-iteration run on the reduced world, smaller still: the sweep machinery is
@@ -148,7 +148,7 @@ def children(client: mlflow.MlflowClient, parent_run_id: str) -> list:
 
 
 @pytest.mark.slow
-def test_sweep_prunes_a_worse_trial_and_a_rerun_adds_exactly_the_missing_trial(base_uri, tmp_path):  # noqa: F811
+def test_sweep_prunes_a_worse_trial_and_a_rerun_adds_exactly_the_missing_trial(base_uri, tmp_path):
     """Trial 1 evaluates with a 1-token budget (accuracy 0), below trial 0's accuracy at the same
     iteration: the median pruner must stop it. Then the same sweep with --trials 3 continues the
     study with exactly one new trial, under the same parent run."""
@@ -204,7 +204,7 @@ def test_sweep_prunes_a_worse_trial_and_a_rerun_adds_exactly_the_missing_trial(b
 
 
 @pytest.mark.slow
-def test_ctrl_c_mid_trial_requeues_it_and_the_rerun_resumes_its_run(base_uri, tmp_path):  # noqa: F811
+def test_ctrl_c_mid_trial_requeues_it_and_the_rerun_resumes_its_run(base_uri, tmp_path):
     """SIGINT while a trial trains (after its first iteration was logged): the sweep stops with
     KeyboardInterrupt, the trial is re-queued, and running the sweep again finishes it inside the
     same MLflow run, without logging any iteration twice."""
@@ -321,7 +321,7 @@ def _cli_worker(args: list[str], log: Path, env: dict) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_postgres_two_workers_run_every_trial_once_and_a_killed_worker_loses_nothing(base_uri, tmp_path, postgres_url):  # noqa: F811
+def test_postgres_two_workers_run_every_trial_once_and_a_killed_worker_loses_nothing(base_uri, tmp_path, postgres_url):
     from flows.sweep import prefect_api_for_children, sweep_flow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,4 +1,4 @@
-"""Difficulty-aware exploration (SPEC §5): expansion counts, response choice, the FCI filter."""
+"""Difficulty-aware exploration (docs/method.md §5): expansion counts, response choice, the FCI filter."""
 
 import doctest
 import json

@@ -13,8 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import REPO
-from tests.test_train_flow import TRAIN_REDUCED
+from tests.support import REPO
+from tests.support import TRAIN_REDUCED
 
 pytestmark = pytest.mark.slow
 PREFECT = str(Path(sys.executable).with_name("prefect"))

@@ -1,4 +1,4 @@
-"""Branch points (SPEC §3): zeroing rules, the criterion registry, and each criterion."""
+"""Branch points (docs/method.md §3): zeroing rules, the criterion registry, and each criterion."""
 
 import doctest
 

@@ -1,0 +1,81 @@
+"""End to end: `attnrl train` / `attnrl resume` as fresh CLI processes (exit codes, kill -9 + resume)."""
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.support import REPO, assert_same_weights, cli, cli_env, final_weights, run_metrics, sets
+
+pytestmark = pytest.mark.slow
+
+
+def test_kill_9_then_resume_equals_uninterrupted_run(base_uri, tmp_path):
+    """SIGKILL at seeded random moments (mid-rollout, mid-update, mid-checkpoint...), resume until
+    done: same final weights, same metrics, no step logged twice, no checkpoint corrupted."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    extra = ["train.iterations=5"]
+    env = cli_env(uri)
+    # the uninterrupted reference runs the same way as the killed one: a fresh CLI process, so
+    # nothing this test process did before (other tests, its thread pool) can differ between them
+    started_at = time.monotonic()
+    done = cli("train", "--quiet", "--run-name", "reference", *sets(*extra), env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    duration = time.monotonic() - started_at  # kill moments scale with this machine's speed
+    rng = random.Random(7)
+    command = ["train", "--quiet", "--run-name", "killed", *sets(*extra)]
+    kills = 0
+    while True:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *command], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            # between a third and nine tenths of a whole run: start-up, then the iterations' phases
+            proc.wait(timeout=rng.uniform(0.35, 0.9) * duration if kills < 3 else 900)
+            break
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        client = mlflow.MlflowClient(uri)
+        started = client.search_runs(
+            [client.get_experiment_by_name("train-test").experiment_id], filter_string="attributes.run_name = 'killed'"
+        )
+        if started:  # killed before the run existed: start it again instead
+            command = ["resume", "killed", "--quiet"]
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    assert kills >= 1
+    client = mlflow.MlflowClient(uri)
+    killed = client.search_runs([client.get_experiment_by_name("train-test").experiment_id], filter_string="attributes.run_name = 'killed'")
+    assert len(killed) == 1 and killed[0].info.status == "FINISHED"
+    reference = client.search_runs(
+        [client.get_experiment_by_name("train-test").experiment_id], filter_string="attributes.run_name = 'reference'"
+    )[0]
+
+    def policy_of(run) -> dict:
+        return final_weights({"final_policy": Path(run.data.tags["checkpoint_dir"]) / "final_policy"})
+
+    assert_same_weights(policy_of(reference), policy_of(killed[0]))
+    assert run_metrics(uri, reference.info.run_id) == run_metrics(uri, killed[0].info.run_id)
+
+
+def test_cli_train_end_to_end_and_bad_input(base_uri, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = cli("train", "--quiet", *sets("train.iterations=2"), env=cli_env(uri), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "before" in done.stdout and "after" in done.stdout and "MLflow run" in done.stdout
+
+    bad = cli("train", "--quiet", "--set", "branch.rho=1.5", env=cli_env(uri), timeout=120)
+    assert bad.returncode == 2
+    assert "branch.rho" in bad.stderr and "<= 1.0" in bad.stderr
+
+    unreachable = cli("train", "--quiet", *sets(), "--tracking-uri", "http://127.0.0.1:9", env=cli_env(uri), timeout=120)
+    assert unreachable.returncode == 2 and "unreachable" in unreachable.stderr
+
+    missing = cli("resume", "no-such-run", "--quiet", env=cli_env(uri), timeout=120)
+    assert missing.returncode == 2 and "no-such-run" in missing.stderr

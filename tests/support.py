@@ -1,0 +1,119 @@
+"""Shared test data and helpers (plain functions and constants; the fixtures are in conftest.py).
+
+The integration and end-to-end tests train from one checked-in base policy (FIXTURE) on a
+reduced copy of the tiny default (TRAIN_REDUCED), each with its own MLflow store.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import torch
+
+from attnrl_core.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"
+
+# A reduced tiny world for warm-start tests: a few warm-start steps on a narrow model, a small
+# held-out set. It exercises every code path of the default, in seconds.
+REDUCED = [
+    "model.tiny.num_layers=2",
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "warmstart.steps=30",
+    "warmstart.batch_size=16",
+    "data.heldout_size=40",
+    "eval.max_new_tokens=48",
+]
+
+# The integration tests start from tests/fixtures/tiny_base: the default (flawed) tiny base made
+# by the warm-start flow (`make test-fixture` rebuilds it). Its accuracy is mixed (40.0% greedy:
+# ~85% on level 1, ~1% on levels 3-4), so trees have mixed leaves and every phase does real work.
+FIXTURE = REPO / "tests" / "fixtures" / "tiny_base"
+TRAIN_REDUCED = [
+    "name=train-test",
+    f"model.path={FIXTURE}",
+    "data.heldout_size=16",
+    "data.max_response_tokens=96",
+    "eval.max_new_tokens=96",
+    "batch.prompts=4",
+    "batch.min_prompts=2",
+    "batch.max_prompts=8",
+    "batch.target_sequences=24",
+    "rollout.group_size=4",
+    "branch.min_token_offset=4",
+    "branch.min_token_gap=2",
+    "optim.minibatch_sequences=32",
+    "optim.lr=1.0e-4",
+    "train.iterations=3",
+    "train.eval_every=2",
+    "train.checkpoint_every=1",
+    "train.retry_delay_s=0",
+    # a verdict must not depend on how busy the machine is: runs compared bit for bit must not
+    # see a fallback time out in one and not the other
+    "verify.timeout_s=60",
+]
+
+
+CONFIG = str(REPO / "experiments/tiny.yaml")
+
+
+def cfg_json(*extra: str) -> dict:
+    return load_config(CONFIG, TRAIN_REDUCED + list(extra)).model_dump(mode="json")
+
+
+def train(uri: str, *extra: str, **kwargs) -> dict:
+    from flows.train import train_flow
+
+    return train_flow(CONFIG, TRAIN_REDUCED + list(extra), tracking_uri=uri, quiet=True, **kwargs)
+
+
+def run_metrics(uri: str, run_id: str) -> dict[tuple[str, int], float]:
+    """Every (metric, step) -> value of a run, timing metrics excluded (they measure the machine)."""
+    client = mlflow.MlflowClient(uri)
+    out = {}
+    for key in client.get_run(run_id).data.metrics:
+        if key.startswith(("time/", "progress/wall_s", "throughput/tokens_per_s")):
+            continue
+        for m in client.get_metric_history(run_id, key):
+            assert (key, m.step) not in out, f"metric {key} logged twice at step {m.step}"
+            out[(key, m.step)] = m.value
+    return out
+
+
+def final_weights(result: dict) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(Path(result["final_policy"]) / "model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"weights differ at {k}"
+
+
+def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True, env=env, **kw)
+
+
+def cli_env(uri: str) -> dict:
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = uri
+    # a Prefect home of its own: a subprocess we SIGKILL must not take down (or share) the
+    # temporary API server of this test process
+    env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="attnrl-cli-prefect-")
+    return env
+
+
+def sets(*extra: str) -> list[str]:
+    out = []
+    for item in TRAIN_REDUCED + list(extra):
+        out += ["--set", item]
+    return out
