@@ -24,6 +24,7 @@ from fractions import Fraction
 
 import torch
 
+from attnrl_core.config import BatchConfig
 from attnrl_core.errors import AttnRLError
 
 RULES = ("release", "paper")
@@ -132,6 +133,11 @@ class AdaptiveBatchSize:
                 "size in the experiment config."
             )
         self.prompts = self.initial_prompts
+
+    @classmethod
+    def from_config(cls, cfg: BatchConfig) -> "AdaptiveBatchSize":
+        """The adaptive batch size of the `batch` config section (B_1, B', lambda, rule, clamps)."""
+        return cls(cfg.prompts, cfg.target_sequences, cfg.smoothing, cfg.formula, cfg.min_prompts, cfg.max_prompts, cfg.max_growth)
 
     def update(self, valid_sequences: int) -> int:
         """Record last step's B'' and return the next prompt batch size."""

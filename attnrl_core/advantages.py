@@ -9,6 +9,8 @@ samples (full token ids + one advantage per token) and whether the prompt was dr
     >>> out = ADVANTAGE_ESTIMATORS["grpo"](group)
     >>> [round(s.advantages[0].item(), 4) for s in out.samples]     # (r - 0.25) / 0.5
     [1.5, -0.5, -0.5, -0.5]
+    >>> ADVANTAGE_ESTIMATORS["grpo"].branches, ADVANTAGE_ESTIMATORS["tree"].branches
+    (False, True)
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ AdvantageEstimator = Callable[..., PromptAdvantages]
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
 
 
-def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
-    """Decorator: make an estimator available as `advantage: <name>`."""
+def register_advantage_estimator(name: str, *, branches: bool) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
+    """Decorator: make an estimator available as `advantage: <name>`. `branches` says whether a
+    method using it grows trees (branch points, continuations) or trains on its G samples alone."""
 
     def register(fn: AdvantageEstimator) -> AdvantageEstimator:
         if name in ADVANTAGE_ESTIMATORS:
             raise ValueError(f"advantage estimator {name!r} is already registered")
+        fn.branches = branches
         ADVANTAGE_ESTIMATORS[name] = fn
         return fn
 
@@ -58,7 +62,7 @@ def get_advantage_estimator(name: str) -> AdvantageEstimator:
     return ADVANTAGE_ESTIMATORS[name]
 
 
-@register_advantage_estimator("tree")
+@register_advantage_estimator("tree", branches=True)
 def tree_advantages(responses: Sequence[InitialResponse]) -> PromptAdvantages:
     """TreeRL's tree advantages (docs/method.md §4, see tree.build_tree): one sample per root-to-leaf
     path of more than one node; unbranched responses count in V(root) only."""
@@ -66,7 +70,7 @@ def tree_advantages(responses: Sequence[InitialResponse]) -> PromptAdvantages:
     return PromptAdvantages(samples=tree.samples, dropped=tree.dropped, tree=tree)
 
 
-@register_advantage_estimator("grpo")
+@register_advantage_estimator("grpo", branches=False)
 def grpo_advantages(responses: Sequence[InitialResponse], *, eps: float = 1e-6) -> PromptAdvantages:
     """GRPO's group-normalised outcome advantage, (r - mean) / (std + eps), on every token.
 

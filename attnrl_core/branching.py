@@ -4,7 +4,7 @@ A branch criterion looks at ONE response and returns the token positions (relati
 response) where continuations start: the continuation prompt is prompt + response[:p], so the
 token at p and everything after it is re-sampled. Every criterion has the same signature,
 
-    criterion(view: ResponseView, *, num_points: int = 2, generator=None, **its_params) -> list[int]
+    criterion(view: ResponseView, *, num_points: int, generator=None, **its_params) -> list[int]
 
 and returns at most num_points positions, sorted, unique, with 0 < p < len(response). Position
 0 is never a point: a fork there is just another independent sample of the prompt, not a
@@ -18,20 +18,33 @@ response steps counted from 0).
 
     >>> view = ResponseView(prompt_len=5, step_spans=[(0, 10), (10, 20), (20, 30), (30, 40)],
     ...                     step_scores=torch.tensor([0.0, 0.0, 0.9, 0.1, 0.9]))
-    >>> CRITERIA["fci"](view, min_token_offset=0, min_token_gap=0)
+    >>> CRITERIA["fci"](view, num_points=2, rho=0.2, min_token_offset=0, min_token_gap=0)
     [10, 30]
-    >>> CRITERIA["earliest"](view)
+    >>> CRITERIA["earliest"](view, num_points=2)
     [10, 20]
+
+A criterion's parameters are fields of the `branch` config section of the same name: the
+caller passes them with `criterion_params` (so a new criterion is one decorated function, and
+a new parameter one BranchConfig field), never with defaults of its own.
+
+    >>> from attnrl_core.config import BranchConfig
+    >>> criterion_params(CRITERIA["fci"], BranchConfig(rho=0.3))
+    {'num_points': 2, 'rho': 0.3, 'min_token_offset': 16, 'min_token_gap': 8}
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from attnrl_core.errors import AttnRLError
+
+if TYPE_CHECKING:
+    from attnrl_core.config import BranchConfig
 
 
 def zero_fci_scores(
@@ -83,6 +96,7 @@ class ResponseView:
     token_entropies: torch.Tensor | None = None
     token_logprobs: torch.Tensor | None = None
     token_texts: Sequence[str] | None = None
+    max_length: int | None = None  # the response's token limit (data.max_response_tokens), None = none
 
     def __post_init__(self) -> None:
         spans = [tuple(span) for span in self.step_spans]
@@ -139,15 +153,22 @@ def get_criterion(name: str) -> BranchCriterion:
     return CRITERIA[name]
 
 
+def criterion_params(criterion: BranchCriterion, cfg: "BranchConfig") -> dict:
+    """The keyword arguments `criterion` takes from the branch config section: every keyword
+    parameter named like a BranchConfig field (num_points always)."""
+    names = inspect.signature(criterion).parameters
+    return {name: getattr(cfg, name) for name in names if name in type(cfg).model_fields}
+
+
 @register_criterion("fci")
 def fci_points(
     view: ResponseView,
     *,
-    num_points: int = 2,
+    num_points: int,
     generator: torch.Generator | None = None,
-    rho: float = 0.2,
-    min_token_offset: int = 512,
-    min_token_gap: int = 512,
+    rho: float,
+    min_token_offset: int,
+    min_token_gap: int,
 ) -> list[int]:
     """Attention-based tree branching (ATB): starts of the earliest high-FCI steps.
 
@@ -209,7 +230,7 @@ def _top_tokens(values: torch.Tensor, eligible: torch.Tensor, num_points: int) -
 
 @register_criterion("entropy")
 def entropy_points(
-    view: ResponseView, *, num_points: int = 2, generator: torch.Generator | None = None
+    view: ResponseView, *, num_points: int, generator: torch.Generator | None = None
 ) -> list[int]:
     """TreeRL as the paper ran it: the num_points tokens of highest full-distribution entropy.
 
@@ -230,16 +251,15 @@ def entropy_points(
 def neglogp_points(
     view: ResponseView,
     *,
-    num_points: int = 2,
+    num_points: int,
     generator: torch.Generator | None = None,
     stop_words: Sequence[str] = ("answer", "conclusion"),
-    max_response_length: int | None = None,
 ) -> list[int]:
     """TreeRL's EPTree: the num_points tokens with the largest -log p of the sampled token.
 
     EPTree's masks: no fork on a branch's first token (here: position 0); none AFTER the first
     token whose lower-cased text contains one of stop_words (that token itself stays
-    eligible, as in EPTree); none at or past max_response_length (None: no limit), where no
+    eligible, as in EPTree); none at or past view.max_length (None: no limit), where no
     room is left to generate.
 
     Example: logprobs [-9, -1, -4, -2, -7, -8], texts ["a","b","c","The answer","d","e"]
@@ -256,14 +276,14 @@ def neglogp_points(
             if any(word in text.lower() for word in stop_words):
                 eligible[position + 1 :] = False
                 break
-    if max_response_length is not None:
-        eligible[max_response_length:] = False
+    if view.max_length is not None:
+        eligible[view.max_length :] = False
     return _top_tokens(-view.token_logprobs, eligible, num_points)
 
 
 @register_criterion("random")
 def random_points(
-    view: ResponseView, *, num_points: int = 2, generator: torch.Generator | None = None
+    view: ResponseView, *, num_points: int, generator: torch.Generator | None = None
 ) -> list[int]:
     """num_points distinct step starts drawn uniformly from steps 2..T with `generator`.
 
@@ -278,7 +298,7 @@ def random_points(
 
 @register_criterion("earliest")
 def earliest_points(
-    view: ResponseView, *, num_points: int = 2, generator: torch.Generator | None = None
+    view: ResponseView, *, num_points: int, generator: torch.Generator | None = None
 ) -> list[int]:
     """The first num_points branchable step starts (no FCI): docs/method.md §3's "steps 1 and 2".
 

@@ -21,12 +21,13 @@ allowed range, before any work starts.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from attnrl_core.errors import AttnRLError
 
@@ -34,6 +35,29 @@ from attnrl_core.errors import AttnRLError
 class _Section(BaseModel):
     # forbid: a typo in a YAML key must fail loudly, not silently train with the default.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*")
+    @classmethod
+    def _registered_choice(cls, value: Any, info: ValidationInfo) -> Any:
+        extra = cls.model_fields[info.field_name].json_schema_extra
+        registry = extra.get("registry") if isinstance(extra, dict) else None
+        if registry and value not in (names := registered(registry)):
+            raise ValueError(f"{value!r} is not registered; choose one of {names}")
+        return value
+
+
+def registered(registry: str) -> list[str]:
+    """The names in a registry 'module:DICT' (branch criteria, advantage estimators, rollout
+    engines, trainer backends): the config's choices come from there, so registering a new one
+    is the decorator (or dict entry) alone. Imported on demand: the registries live with their
+    torch code, and a config is often read where torch is not needed yet."""
+    module, attr = registry.split(":")
+    return list(getattr(importlib.import_module(module), attr))  # in registration order
+
+
+def Choice(registry: str, default: str, description: str) -> Any:
+    """A config field whose allowed values are the names registered in `registry`."""
+    return Field(default, min_length=1, description=description, json_schema_extra={"registry": registry})
 
 
 class TinyModelConfig(_Section):
@@ -106,7 +130,7 @@ class WarmStartConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine: 'hf' (transformers, any machine) or 'vllm' (separate GPU server process).")
+    engine: str = Choice("attnrl_core.rollout:ENGINES", "hf", "Rollout engine: 'hf' (transformers, any machine) or 'vllm' (separate GPU server process).")
     group_size: int = Field(6, ge=1, description="G: initial responses sampled per prompt.")
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature of initial responses and continuations (0 = greedy).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
@@ -124,8 +148,8 @@ class FCIConfig(_Section):
 
 
 class BranchConfig(_Section):
-    criterion: Literal["fci", "entropy", "neglogp", "random", "earliest"] = Field(
-        "fci", description="How branch points are chosen: fci (ATB), entropy (TreeRL), neglogp (EPTree), random, earliest."
+    criterion: str = Choice(
+        "attnrl_core.branching:CRITERIA", "fci", "How branch points are chosen: fci (ATB), entropy (TreeRL), neglogp (EPTree), random, earliest."
     )
     rho: float = Field(0.2, gt=0.0, le=1.0, description="ATB keeps steps with FCI at or above the (1 - rho) quantile; allowed (0, 1].")
     num_points: int = Field(2, ge=1, description="N: branch points per branched response.")
@@ -185,8 +209,8 @@ class TrainConfig(_Section):
     eval_before: bool = Field(True, description="Evaluate the starting policy as step 0, so every curve starts at the base.")
     retries: int = Field(2, ge=0, description="Prefect retries of each phase task.")
     retry_delay_s: float = Field(1.0, ge=0.0, description="Seconds between retries of a phase task.")
-    backend: Literal["torch", "deepspeed"] = Field(
-        "torch", description="Trainer backend: torch (AdamW in process, CPU or one GPU) or deepspeed (a DeepSpeed engine: ZeRO, bf16)."
+    backend: str = Choice(
+        "attnrl_core.trainer:TRAINERS", "torch", "Trainer backend: torch (AdamW in process, CPU or one GPU) or deepspeed (a DeepSpeed engine: ZeRO, bf16)."
     )
     zero_stage: int = Field(
         2, ge=0, le=2, description="backend deepspeed: ZeRO stage (0 none, 1 optimizer state, 2 + gradients partitioned); "
@@ -219,7 +243,7 @@ class Config(_Section):
     pipeline: Literal["one_step_off", "on_policy"] = Field(
         "one_step_off", description="Generation pipeline: one call per iteration (one_step_off, docs/method.md §7) or two (on_policy)."
     )
-    advantage: Literal["tree", "grpo"] = Field("tree", description="Advantage estimator: TreeRL tree advantages or GRPO group-normalised outcomes.")
+    advantage: str = Choice("attnrl_core.advantages:ADVANTAGE_ESTIMATORS", "tree", "Advantage estimator: TreeRL tree advantages or GRPO group-normalised outcomes.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The policy.")
     data: DataConfig = Field(default_factory=DataConfig, description="Training and evaluation data.")
     warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig, description="Warm start of the tiny policy.")
@@ -232,6 +256,18 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Iterations, evaluation, checkpoints, retries.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation sampling.")
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="The answer verifier (docs/method.md §9).")
+
+    @property
+    def branches(self) -> bool:
+        """Does this method grow trees? A property of its advantage estimator (GRPO's does not)."""
+        from attnrl_core.advantages import get_advantage_estimator
+
+        return get_advantage_estimator(self.advantage).branches
+
+    @property
+    def criterion_tag(self) -> str:
+        """The branch criterion as runs are tagged and named: 'none' for methods that do not branch."""
+        return self.branch.criterion if self.branches else "none"
 
     def hash(self) -> str:
         """Stable 12-hex digest of the resolved config (key order independent)."""
@@ -397,8 +433,11 @@ def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[t
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows.extend(describe_fields(ann, dotted + "."))
             continue
+        registry = info.json_schema_extra.get("registry") if isinstance(info.json_schema_extra, dict) else None
         if get_origin(ann) is Literal:  # the choices, not the bare word "Literal"
             kind = " | ".join(str(choice) for choice in get_args(ann))
+        elif registry:
+            kind = " | ".join(registered(registry))
         else:
             kind = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
         rng = _describe_range(info)

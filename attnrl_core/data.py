@@ -594,3 +594,43 @@ def load_benchmark(path: str | Path) -> list[Problem]:
     '204'
     """
     return _load(path, _BENCHMARK_FIELDS)
+
+
+class ProblemStream:
+    """The training problems as an endless stream read through a cursor (the checkpoint keeps it).
+
+    Synthetic (`data.train: synthetic`): problem i is a function of (data.seed, i). A file: epoch
+    e is a permutation of the file seeded by (data.seed, e). Problems that `fits` rejects (a
+    prompt longer than data.max_prompt_tokens) are skipped. Reading does not move the cursor:
+    the caller commits the returned one when its iteration completes, so a retried phase reads
+    the same problems again.
+
+    >>> from attnrl_core.config import DataConfig
+    >>> stream = ProblemStream(DataConfig(levels=[1]))
+    >>> problems, cursor = stream.read(2)
+    >>> [p.problem for p in problems], cursor, stream.cursor
+    (['Compute 32 - 25.', 'Compute 13 - 4.'], 2, 0)
+    """
+
+    def __init__(self, cfg, fits=lambda problem: True, cursor: int = 0) -> None:
+        self.cfg = cfg  # the data config section
+        self.fits = fits
+        self.cursor = cursor  # index of the next problem of the stream
+        self.pool = None if cfg.train == "synthetic" else load_problems(cfg.train)
+
+    def _at(self, index: int) -> Problem:
+        if self.pool is None:
+            return problem_at(index, seed=self.cfg.seed, levels=self.cfg.levels)
+        epoch, offset = divmod(index, len(self.pool))
+        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.pool))
+        return self.pool[int(order[offset])]
+
+    def read(self, count: int) -> tuple[list[Problem], int]:
+        """The next `count` problems that fit, and the cursor after them."""
+        out, cursor = [], self.cursor
+        while len(out) < count:
+            problem = self._at(cursor)
+            cursor += 1
+            if self.fits(problem):
+                out.append(problem)
+        return out, cursor

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+from attnrl_core.config import ExpansionConfig
 from attnrl_core.errors import AttnRLError
 
 ROUNDINGS = ("ceil", "round")
@@ -262,16 +263,14 @@ def plan_exploration(
     prompts: Sequence[PromptRollouts],
     running_mean: FCIRunningMean,
     generator: torch.Generator,
-    fci_filter: bool = True,
-    filter_strict: bool = True,
-    rounding: str = "ceil",
-    mode: str = "exp",
+    cfg: ExpansionConfig | None = None,
 ) -> ExplorationPlan:
-    """Decide, for a batch of prompts, which responses to branch from (docs/method.md §5).
+    """Decide, for a batch of prompts, which responses to branch from (docs/method.md §5), with
+    the expansion config section `cfg` (its defaults when None).
 
     Order of work, as in the release: (1) add the mf of this batch's all-correct prompts to a
     copy of the running mean; (2) an all-correct prompt is kept only if its mf > that mean
-    (>= with filter_strict=False, the paper's wording); `fci_filter=False` keeps every
+    (>= with cfg.strict=False, the paper's wording); `cfg.fci_filter=False` keeps every
     all-correct prompt (ablation "w/o FCI filter"), while the mean is still updated so the
     checkpointed state does not depend on the switch; (3) n = expansion_count(acc) responses
     are chosen by choose_responses. Because of (1), a lone all-correct prompt in the very first
@@ -292,6 +291,8 @@ def plan_exploration(
     >>> plan.counts.easy_dropped, plan.counts.branched_responses
     (1, 15)
     """
+    cfg = cfg or ExpansionConfig()
+    fci_filter, filter_strict, rounding, mode = cfg.fci_filter, cfg.strict, cfg.rounding, cfg.mode
     _check_choice("expansion.rounding", rounding, ROUNDINGS)
     _check_choice("expansion.mode", mode, MODES)
     updated = running_mean.copy().update([p.mf for p in prompts if p.all_correct])

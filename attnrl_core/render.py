@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 from typing import Callable, Sequence
 
-from attnrl_core.tree_sampling import PromptGroup, Response
+from attnrl_core.prompt_groups import PromptGroup, Response
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;max-width:70em}

@@ -18,8 +18,9 @@ import torch
 
 from attnrl_core import fci
 from attnrl_core.branching import zero_fci_scores
+from attnrl_core.config import FCIConfig
 from attnrl_core.steps import absolute_step_spans, answer_summary_step, split_steps
-from attnrl_core.tree_sampling import PromptGroup
+from attnrl_core.prompt_groups import PromptGroup
 
 
 def score_groups(
@@ -28,15 +29,11 @@ def score_groups(
     sep_mask: torch.Tensor,
     vocab_texts: Sequence[str],
     pad_token_id: int,
-    delta: int = 4,
-    aggregate: str = "max",
-    chunk_size: int | None = None,
-    zero_prompt: bool = True,
-    zero_first_step: bool = True,
-    zero_answer_summary: bool = True,
-    micro_batch: int = 32,
+    cfg: FCIConfig,
+    micro_batch: int,
 ) -> None:
-    """Fill the scoring fields of every response of `groups` in place (re-running is idempotent)."""
+    """Fill the scoring fields of every response of `groups` in place (re-running is idempotent);
+    `cfg` is the fci config section (Delta, aggregate, chunk size, zeroing rules)."""
     device = next(model.parameters()).device
     rows = [(group, resp) for group in groups for resp in group.responses]
     # longest first: rows of a micro-batch have similar lengths, so little compute goes to padding
@@ -56,7 +53,7 @@ def score_groups(
             relative.append(steps)
             spans.append(absolute_step_spans(len(group.prompt_ids), steps, offset=offset))
         result = fci.score(
-            model, input_ids.to(device), attention_mask.to(device), spans, delta=delta, aggregate=aggregate, chunk_size=chunk_size
+            model, input_ids.to(device), attention_mask.to(device), spans, delta=cfg.delta, aggregate=cfg.aggregate, chunk_size=cfg.chunk_size
         )
         for b, (group, resp) in enumerate(chunk):
             first = width - len(resp.token_ids)  # absolute position of the first response token
@@ -67,7 +64,7 @@ def score_groups(
             resp.step_fci = zero_fci_scores(
                 result.step_fci[b].float().cpu(),
                 answer_step,
-                zero_prompt=zero_prompt,
-                zero_first_step=zero_first_step,
-                zero_answer_summary=zero_answer_summary,
+                zero_prompt=cfg.zero_prompt,
+                zero_first_step=cfg.zero_first_step,
+                zero_answer_summary=cfg.zero_answer_summary,
             ).tolist()

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from attnrl_core.batching import length_micro_batches
+from attnrl_core.config import OptimConfig, TrainConfig
 from attnrl_core.errors import AttnRLError
 from attnrl_core.loss import ppo_loss
 
@@ -101,24 +102,20 @@ class TorchTrainer:
         model: torch.nn.Module,
         ref_model: torch.nn.Module | None,
         pad_token_id: int,
-        lr: float,
-        weight_decay: float = 0.01,
-        grad_clip: float = 1.0,
-        minibatch_sequences: int = 192,
-        clip_low: float = 0.2,
-        clip_high: float = 0.28,
-        dual_clip: float = 3.0,
-        kl_coef: float = 0.001,
-        entropy_coef: float = 0.0,
-        micro_batch_tokens: int = 0,
+        optim: OptimConfig,
+        train: TrainConfig | None = None,
     ) -> None:
-        if kl_coef > 0 and ref_model is None:
+        """`optim` holds every setting of the update (lr, clips, KL, mini-batches); `train` the
+        backend's own (read by backends that have any: DeepSpeed's ZeRO stage and bf16)."""
+        if optim.kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs a reference model")
         self.model, self.ref_model, self.pad_token_id = model, ref_model, pad_token_id
-        self.lr, self.grad_clip, self.minibatch_sequences = lr, grad_clip, minibatch_sequences
-        self.micro_batch_tokens = micro_batch_tokens
-        self.loss_args = dict(clip_low=clip_low, clip_high=clip_high, dual_clip_c=dual_clip, kl_coef=kl_coef, entropy_coef=entropy_coef)
-        self.optimizer = self._make_optimizer(lr, weight_decay)
+        self.lr, self.grad_clip, self.minibatch_sequences = optim.lr, optim.grad_clip, optim.minibatch_sequences
+        self.micro_batch_tokens = optim.micro_batch_tokens
+        self.loss_args = dict(
+            clip_low=optim.clip_low, clip_high=optim.clip_high, dual_clip_c=optim.dual_clip, kl_coef=optim.kl_coef, entropy_coef=optim.entropy_coef
+        )
+        self.optimizer = self._make_optimizer(optim.lr, optim.weight_decay)
 
     def _make_optimizer(self, lr: float, weight_decay: float):
         return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -282,16 +279,17 @@ class DeepSpeedTrainer(TorchTrainer):
     float rounding. ZeRO-3 is not offered: rollouts and FCI scoring read the full weights of
     the same model object in place, which stage 3 partitions away.
 
-        trainer = DeepSpeedTrainer(policy, reference, pad_token_id=0, lr=1e-5, zero_stage=2)
+        trainer = DeepSpeedTrainer(policy, reference, 0, cfg.optim, cfg.train)  # train.zero_stage, train.bf16
         stats = trainer.update(samples, generator)          # as TorchTrainer.update
     """
 
-    def __init__(self, model: torch.nn.Module, ref_model: torch.nn.Module | None, pad_token_id: int, lr: float,
-                 zero_stage: int = 2, bf16: bool = False, **kwargs) -> None:
-        if zero_stage not in (0, 1, 2):
-            raise ValueError(f"zero_stage must be 0, 1 or 2 (got {zero_stage})")
-        self.zero_stage, self.bf16 = zero_stage, bf16
-        super().__init__(model, ref_model, pad_token_id, lr, **kwargs)
+    def __init__(self, model: torch.nn.Module, ref_model: torch.nn.Module | None, pad_token_id: int,
+                 optim: OptimConfig, train: TrainConfig | None = None) -> None:
+        train = train or TrainConfig()
+        if train.zero_stage not in (0, 1, 2):
+            raise ValueError(f"zero_stage must be 0, 1 or 2 (got {train.zero_stage})")
+        self.zero_stage, self.bf16 = train.zero_stage, train.bf16
+        super().__init__(model, ref_model, pad_token_id, optim, train)
 
     def _make_optimizer(self, lr: float, weight_decay: float):
         _single_process_group()

@@ -79,8 +79,8 @@ def main() -> None:
 
     def one_update(budget: int, repeat: int) -> float:
         model = copy.deepcopy(base)
-        trainer = TorchTrainer(model, reference, tokenizer.pad_token_id, lr=o.lr, minibatch_sequences=args.minibatch,
-                               kl_coef=o.kl_coef, micro_batch_tokens=budget)
+        optim = o.model_copy(update={"minibatch_sequences": args.minibatch, "micro_batch_tokens": budget})
+        trainer = TorchTrainer(model, reference, tokenizer.pad_token_id, optim)
         start = time.perf_counter()
         trainer.update(samples, torch.Generator().manual_seed(repeat))
         return time.perf_counter() - start

@@ -12,12 +12,14 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
-
-import mlflow
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from attnrl_core.errors import AttnRLError
 from flows import RUNS_DIR
+
+if TYPE_CHECKING:  # mlflow is imported where it is used: `attnrl ui` and the CLI's checks need none of it
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 
 def resolve_uri(explicit: str | None = None) -> str:
@@ -56,6 +58,9 @@ def preflight(uri: str) -> None:
 
 def setup(uri: str | None, experiment: str) -> str:
     """Point MLflow at the store, check it, and return the experiment id (created if needed)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     uri = resolve_uri(uri)
     preflight(uri)
     mlflow.set_tracking_uri(uri)
@@ -65,6 +70,18 @@ def setup(uri: str | None, experiment: str) -> str:
         location = artifact_root() if uri.startswith("sqlite:") else None
         return client.create_experiment(experiment, artifact_location=location)
     return exp.experiment_id
+
+
+def find_run(client: MlflowClient, experiment_ids: list[str], ref: str) -> Run:
+    """An MLflow run by id, else by run name (the newest of that name)."""
+    try:
+        return client.get_run(ref)
+    except Exception:  # noqa: BLE001 - not an id: try it as a name
+        pass
+    runs = client.search_runs(experiment_ids, filter_string=f"attributes.run_name = '{ref}'", order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise AttnRLError(f"No MLflow run with id or name {ref!r} in the tracking store; `attnrl runs` lists them (or pass --tracking-uri).")
+    return runs[0]
 
 
 def git_commit() -> str:

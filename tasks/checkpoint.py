@@ -3,8 +3,9 @@
     <run dir>/iter_000010/
         policy.pt        policy weights (state_dict)
         optimizer.pt     AdamW state
-        state.json       TrainState: iteration, data cursor, running mean, adaptive batch size,
-                         the pending batch of the one-step pipeline, best, MLflow run id, hash
+        state.json       TrainSession.capture(): iteration, data cursor, running mean, adaptive
+                         batch size, the pending batch of the one-step pipeline, best, MLflow
+                         run id, config hash
         config.json      the resolved config
         rng.pt           torch's global RNG state (phases use their own seeded generators)
         MANIFEST.json    sha256 of every file above; written last
@@ -24,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from tasks import session as sessions
-from tasks.session import TrainState
+from tasks.phase import phase_task
+from tasks.results import CheckpointResult
+from tasks.session import TrainSession
 
 FILES = ("policy.pt", "optimizer.pt", "state.json", "config.json", "rng.pt")
 
@@ -46,9 +48,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write(run_dir: Path, s: sessions.TrainSession) -> Path:
+def write(run_dir: Path, s: TrainSession) -> Path:
     """Atomically write the session's state after its last committed iteration."""
-    final = run_dir / f"iter_{s.state.iteration:06d}"
+    final = run_dir / f"iter_{s.iteration:06d}"
     if is_complete(final):  # a retry after a successful write: nothing to redo
         return final
     tmp = run_dir / f"{final.name}.tmp-{os.getpid()}"
@@ -56,7 +58,7 @@ def write(run_dir: Path, s: sessions.TrainSession) -> Path:
     tmp.mkdir(parents=True)
     torch.save(s.policy.state_dict(), tmp / "policy.pt")
     torch.save(s.trainer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(s.state.to_dict()))
+    (tmp / "state.json").write_text(json.dumps(s.capture()))
     (tmp / "config.json").write_text(json.dumps(s.cfg.model_dump(mode="json"), indent=1))
     torch.save(torch.get_rng_state(), tmp / "rng.pt")
     manifest = {name: _sha256(tmp / name) for name in FILES}
@@ -90,11 +92,11 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return [p for p in found if is_complete(p)]
 
 
-def load(path: Path) -> tuple[dict, dict, TrainState, dict]:
-    """(policy state_dict, optimizer state, TrainState, config json) of a complete checkpoint."""
+def load(path: Path) -> tuple[dict, dict, dict, dict]:
+    """(policy state_dict, optimizer state, session state, config json) of a complete checkpoint."""
     policy = torch.load(path / "policy.pt", map_location="cpu", weights_only=True)
     optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    state = TrainState(**json.loads((path / "state.json").read_text()))
+    state = json.loads((path / "state.json").read_text())
     cfg = json.loads((path / "config.json").read_text())
     torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True))
     return policy, optim, state, cfg
@@ -115,10 +117,9 @@ def prune(run_dir: Path, keep_last: int, best: str | None) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-@sessions.phase_task("checkpoint")
-def checkpoint(handle: str, iteration: int, run_dir: str) -> dict:
-    s = sessions.get(handle)
+@phase_task("checkpoint")
+def checkpoint(s: TrainSession, iteration: int, run_dir: str) -> CheckpointResult:
     path = write(Path(run_dir), s)
-    s.maybe_fail("checkpoint", iteration)
-    prune(Path(run_dir), s.cfg.train.keep_last, s.state.best.get("name"))
-    return {"path": str(path), "sha256": json.loads((path / "MANIFEST.json").read_text())["policy.pt"]}
+    s.faults.maybe_fail("checkpoint", iteration)
+    prune(Path(run_dir), s.cfg.train.keep_last, s.best.get("name"))
+    return CheckpointResult(str(path), json.loads((path / "MANIFEST.json").read_text())["policy.pt"])

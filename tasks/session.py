@@ -1,178 +1,118 @@
-"""The long-lived state of one training run, and what every phase task shares.
+"""The long-lived state of one training run: its one owner.
 
-Prefect tasks receive a small handle (the session id) and look the session up here: the policy,
-the frozen reference, the optimizer and the rollout engine never travel through Prefect's result
-store. Between iterations the run's serialisable state (`TrainState`) is all a checkpoint needs
-besides weights and optimizer.
+A `TrainSession` holds the live objects (policy, frozen reference, trainer with its optimizer,
+rollout engine) and the run's state between iterations (iteration, problem stream cursor, FCI
+running mean, adaptive batch size, the pending batch of the one-step pipeline, best checkpoint,
+counters). Every attribute is declared in `__init__`. Phases read the session and return typed
+results (tasks/results.py); the flow hands those to the next phase and, once every phase of the
+iteration succeeded, to `commit`, the only place the state between iterations changes. The
+session is serialised only when a checkpoint is written (`capture`) and rebuilt from one
+(`restore`), never copied to JSON in between.
 
-Retry semantics: a phase task may run twice for the same (run, iteration, phase). Phases read
-their inputs from the session and write their outputs to `session.staged`, which the flow
-commits only when the iteration's phases all succeeded; the update phase, which must mutate
-the policy, snapshots weights + optimizer on its first attempt and restores them on a retry.
-Every phase draws randomness from `phase_seed(run seed, iteration, phase)`, so a retry
-reproduces the same result bit for bit on CPU.
+The update phase must mutate the policy, so it snapshots weights + optimizer on its first
+attempt of an iteration and restores them on a retry (`snapshot_or_restore`).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
-import os
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from attnrl_core import data
 from attnrl_core.adaptive_batch import AdaptiveBatchSize
 from attnrl_core.config import Config
-from attnrl_core.errors import AttnRLError
 from attnrl_core.exploration import FCIRunningMean
-from attnrl_core.tree_sampling import BranchSettings, PromptGroup, from_json, to_json
-
-PHASES = ("rollout", "score", "branch", "update", "evaluate", "checkpoint")
-
-
-def phase_seed(seed: int, iteration: int, phase: str) -> int:
-    """A 63-bit seed from (run seed, iteration, phase): stable across processes and machines.
-
-    >>> phase_seed(0, 3, "rollout") == phase_seed(0, 3, "rollout") != phase_seed(0, 4, "rollout")
-    True
-    """
-    digest = hashlib.sha256(f"attnrl/{seed}/{iteration}/{phase}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
-def retry_unless_user_error(task, task_run, state) -> bool:
-    """Prefect retry condition: retry transient failures, never a deterministic user error
-    (a NaN loss or a bad input fails the same way every time)."""
-    try:
-        state.result()
-    except AttnRLError:
-        return False
-    except BaseException:  # noqa: BLE001 - any other failure is worth a retry
-        return True
-    return True
-
-
-def phase_task(name: str):
-    """A phase as a Prefect task: not cached (the session is the state), retried unless the
-    failure is a user error, and reporting its own compute time as metric `time/<name>` so the
-    flow can tell orchestration overhead from work."""
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            metrics = fn(*args, **kwargs)
-            metrics[f"time/{name}"] = time.perf_counter() - start
-            return metrics
-
-        return task(name=name, cache_policy=NO_CACHE, retry_condition_fn=retry_unless_user_error)(timed)
-
-    return wrap
-
-
-class InjectedFault(RuntimeError):
-    """Raised once by fault injection (train.fault / ATTNRL_FAULT) to exercise retries."""
-
-
-@dataclass
-class TrainState:
-    """Everything between iterations that is not weights or optimizer (JSON-serialisable)."""
-
-    iteration: int = 0  # last completed iteration
-    cursor: int = 0  # next index of the training problem stream
-    running_mean: dict = field(default_factory=lambda: FCIRunningMean().state_dict())
-    batch: dict = field(default_factory=dict)  # AdaptiveBatchSize state
-    pending: list = field(default_factory=list)  # one-step pipeline: scored + planned batch (JSON)
-    best: dict = field(default_factory=dict)  # {"iteration", "score", "path"}
-    generated_tokens: int = 0
-    wall_seconds: float = 0.0
-    mlflow_run_id: str = ""
-    config_hash: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class Staged:
-    """Outputs of the current iteration's phases, committed together at its end."""
-
-    current: list[PromptGroup] = field(default_factory=list)  # the batch trained on this iteration
-    next_pending: list[PromptGroup] = field(default_factory=list)
-    running_mean: FCIRunningMean | None = None
-    cursor: int | None = None
-    generated_tokens: int = 0
-    valid_sequences: int | None = None
-    samples: list = field(default_factory=list)  # PolicySample list for the update
-    trees: list = field(default_factory=list)  # PromptTree (or None) per group of `current`
-    metrics: dict[str, float] = field(default_factory=dict)
+from attnrl_core.policy import encode_prompt, load_policy
+from attnrl_core.prompt_groups import PromptGroup, from_json, to_json
+from attnrl_core.rollout import engine_class
+from attnrl_core.steps import decode_vocab, separator_mask
+from attnrl_core.trainer import TRAINERS
+from tasks.phase import FaultInjector, phase_seed
+from tasks.results import BranchResult, RolloutResult
 
 
 class TrainSession:
-    """Heavy objects of a run + its TrainState. Built by the train flow, found by handle."""
+    """Heavy objects of a run and its state between iterations, built from the base policy and,
+    when resuming, a checkpoint (`checkpoint` = (policy state_dict, optimizer state, state dict))."""
 
-    def __init__(self, cfg: Config, policy, reference, tokenizer, engine, trainer, state: TrainState):
-        self.cfg, self.policy, self.reference, self.tokenizer = cfg, policy, reference, tokenizer
-        self.engine, self.trainer, self.state = engine, trainer, state
-        self.handle = uuid.uuid4().hex
-        self.staged = Staged()
-        self.batch = AdaptiveBatchSize(
-            initial_prompts=cfg.batch.prompts,
-            target_sequences=cfg.batch.target_sequences,
-            lam=cfg.batch.smoothing,
-            rule=cfg.batch.formula,
-            min_prompts=cfg.batch.min_prompts,
-            max_prompts=cfg.batch.max_prompts,
-            max_growth=cfg.batch.max_growth,
-        )
-        if state.batch:
-            self.batch.load_state_dict(state.batch)
-        self.running_mean = FCIRunningMean.from_state_dict(state.running_mean)
-        self.pending: list[PromptGroup] = from_json(state.pending)
-        from attnrl_core.steps import decode_vocab, separator_mask
-
-        self.vocab_texts = decode_vocab(tokenizer)
-        self.sep_mask, self.sep_rule = separator_mask(tokenizer, vocab_size=policy.config.vocab_size)
+    def __init__(self, cfg: Config, base: str, mlflow_run_id: str, checkpoint: tuple[dict, dict, dict] | None = None) -> None:
+        torch.manual_seed(cfg.seed)
+        self.cfg = cfg
+        self.policy, self.tokenizer = load_policy(base, cfg.model)
+        self.reference = None  # the frozen initial policy of the KL term (only when it is used)
+        if cfg.optim.kl_coef > 0:
+            self.reference, _ = load_policy(base, cfg.model)
+            self.reference.eval().requires_grad_(False)
+        policy_state, optim_state, state = checkpoint or (None, None, None)
+        if policy_state is not None:
+            self.policy.load_state_dict(policy_state)
+        self.policy.eval()
+        self.engine = engine_class(cfg.rollout.engine).for_run(self.policy, self.tokenizer, base, cfg.rollout)
+        if policy_state is not None:  # an engine of its own starts from the base, not the checkpoint
+            self.engine.update_weights(self.policy)
+        self.trainer = TRAINERS[cfg.train.backend](self.policy, self.reference, self.tokenizer.pad_token_id, cfg.optim, cfg.train)
+        if optim_state is not None:
+            self.trainer.load_state_dict(optim_state)
+        # what scoring and branching need of the tokenizer, computed once
+        self.vocab_texts = decode_vocab(self.tokenizer)
+        self.sep_mask, self.sep_rule = separator_mask(self.tokenizer, vocab_size=self.policy.config.vocab_size)
+        # the state between iterations (captured into every checkpoint)
+        self.iteration = 0  # last completed iteration
+        self.problems = data.ProblemStream(cfg.data, fits=self._prompt_fits)
+        self.running_mean = FCIRunningMean()
+        self.batch = AdaptiveBatchSize.from_config(cfg.batch)
+        self.pending: list[PromptGroup] = []  # one-step pipeline: sampled, scored and planned, trained next
+        self.best: dict = {}  # {"iteration", "score", "name"} of the best evaluation so far
+        self.generated_tokens = 0
+        self.wall_seconds = 0.0
+        self.mlflow_run_id = mlflow_run_id
+        # per-process bookkeeping, never checkpointed
+        self.faults = FaultInjector(cfg.train.fault)
         self._snapshot: tuple[int, Any] | None = None
-        self._faults_fired: set[tuple[str, int]] = set()
-        self.branch_settings = BranchSettings(
-            criterion=cfg.branch.criterion,
-            num_points=cfg.branch.num_points,
-            rho=cfg.branch.rho,
-            min_token_offset=cfg.branch.min_token_offset,
-            min_token_gap=cfg.branch.min_token_gap,
-            max_response_tokens=cfg.data.max_response_tokens,
-            fci_filter=cfg.expansion.fci_filter,
-            filter_strict=cfg.expansion.strict,
-            rounding=cfg.expansion.rounding,
-            mode=cfg.expansion.mode,
-        )
+        self._iteration_start = time.perf_counter()
+        if state is not None:
+            self.restore(state)
 
-    # -- randomness, faults, retries --------------------------------------------------------
+    def _prompt_fits(self, problem: data.Problem) -> bool:
+        return len(encode_prompt(self.tokenizer, data.format_prompt(problem.problem))) <= self.cfg.data.max_prompt_tokens
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def capture(self) -> dict:
+        """The state between iterations as JSON-ready data (state.json of a checkpoint)."""
+        return {
+            "iteration": self.iteration,
+            "cursor": self.problems.cursor,
+            "running_mean": self.running_mean.state_dict(),
+            "batch": self.batch.state_dict(),
+            "pending": to_json(self.pending),
+            "best": dict(self.best),
+            "generated_tokens": self.generated_tokens,
+            "wall_seconds": self.wall_seconds,
+            "mlflow_run_id": self.mlflow_run_id,
+            "config_hash": self.cfg.hash(),
+        }
+
+    def restore(self, state: dict) -> None:
+        """Continue from a captured state (weights and optimizer are restored in __init__)."""
+        self.iteration = state["iteration"]
+        self.problems.cursor = state["cursor"]
+        self.running_mean = FCIRunningMean.from_state_dict(state["running_mean"])
+        if state["batch"]:
+            self.batch.load_state_dict(state["batch"])
+        self.pending = from_json(state["pending"])
+        self.best = dict(state["best"])
+        self.generated_tokens = state["generated_tokens"]
+        self.wall_seconds = state["wall_seconds"]
+
+    # -- randomness and retries ---------------------------------------------------------------
     def generator(self, iteration: int, phase: str) -> torch.Generator:
         return torch.Generator().manual_seed(phase_seed(self.cfg.seed, iteration, phase))
 
     def seed(self, iteration: int, phase: str) -> int:
         return phase_seed(self.cfg.seed, iteration, phase)
-
-    def maybe_fail(self, phase: str, iteration: int) -> None:
-        """Fault injection: `train.fault` or ATTNRL_FAULT = 'phase@iteration' fails that phase's
-        FIRST attempt at that iteration (after it has done its work), then lets retries pass."""
-        spec = os.environ.get("ATTNRL_FAULT") or self.cfg.train.fault
-        if not spec:
-            return
-        for item in spec.split(","):
-            name, _, at = item.strip().partition("@")
-            if name == phase and at.isdigit() and int(at) == iteration and (phase, iteration) not in self._faults_fired:
-                self._faults_fired.add((phase, iteration))
-                raise InjectedFault(f"injected fault in phase {phase!r} at iteration {iteration} (first attempt)")
 
     def snapshot_or_restore(self, iteration: int) -> None:
         """First update attempt of an iteration: remember weights + optimizer; a retry: restore."""
@@ -184,44 +124,23 @@ class TrainSession:
         weights = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
         self._snapshot = (iteration, (weights, copy.deepcopy(self.trainer.state_dict())))
 
-    # -- iteration boundaries ---------------------------------------------------------------
-    def begin_iteration(self) -> None:
-        self.staged = Staged()
-        self._iteration_start = time.perf_counter()
-
-    def commit_iteration(self, iteration: int) -> None:
-        """Fold the staged outputs into the state: the iteration is now complete."""
-        st = self.staged
-        self.pending = st.next_pending
-        if st.running_mean is not None:
-            self.running_mean = st.running_mean
-        if st.cursor is not None:
-            self.state.cursor = st.cursor
-        if st.valid_sequences is not None and self.cfg.batch.adaptive:
-            self.batch.update(st.valid_sequences)
-        self.state.iteration = iteration
-        self.state.generated_tokens += st.generated_tokens
-        self.state.wall_seconds += time.perf_counter() - self._iteration_start
-        self.state.running_mean = self.running_mean.state_dict()
-        self.state.batch = self.batch.state_dict()
-        self.state.pending = to_json(self.pending)
-        self._snapshot = None
-
+    # -- iteration boundaries -----------------------------------------------------------------
     @property
     def prompt_batch_size(self) -> int:
         return self.batch.prompts if self.cfg.batch.adaptive else self.cfg.batch.prompts
 
+    def begin_iteration(self) -> None:
+        self._iteration_start = time.perf_counter()
 
-SESSIONS: dict[str, TrainSession] = {}
-
-
-def register(session: TrainSession) -> str:
-    SESSIONS[session.handle] = session
-    return session.handle
-
-
-def get(handle: str) -> TrainSession:
-    try:
-        return SESSIONS[handle]
-    except KeyError:
-        raise RuntimeError(f"no live training session {handle!r} in this process") from None
+    def commit(self, iteration: int, rolled: RolloutResult, plan: BranchResult) -> None:
+        """Fold an iteration whose phases all succeeded into the state: it is now complete."""
+        self.pending = rolled.next_pending
+        if plan.running_mean is not None:
+            self.running_mean = plan.running_mean
+        self.problems.cursor = rolled.cursor
+        if plan.valid_sequences is not None and self.cfg.batch.adaptive:
+            self.batch.update(plan.valid_sequences)
+        self.iteration = iteration
+        self.generated_tokens += rolled.generated_tokens + plan.generated_tokens
+        self.wall_seconds += time.perf_counter() - self._iteration_start
+        self._snapshot = None

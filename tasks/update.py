@@ -4,24 +4,24 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from tasks.phase import phase_task
+from tasks.results import BranchResult, UpdateResult
+from tasks.session import TrainSession
 
-from tasks import session as sessions
 
-
-@sessions.phase_task("update")
-def update(handle: str, iteration: int) -> dict:
+@phase_task("update")
+def update(s: TrainSession, iteration: int, plan: BranchResult) -> UpdateResult:
     """Mutates the policy, so a retry first restores the weights + optimizer of attempt one."""
-    s = sessions.get(handle)
-    samples = s.staged.samples
+    samples = plan.batch.samples if plan.batch is not None else []
     if not samples:  # the pipeline is priming, or every prompt's leaves agreed
-        s.maybe_fail("update", iteration)
-        return {"actor/updated": 0.0}
+        s.faults.maybe_fail("update", iteration)
+        return UpdateResult({"actor/updated": 0.0})
     s.snapshot_or_restore(iteration)
     stats = s.trainer.update(samples, s.generator(iteration, "update"))
     # the engine samples the next batch from the new policy (a no-op for the hf engine, which
     # shares the trainer's model object; the vllm server reloads the weights in place)
     s.engine.update_weights(s.policy)
-    s.maybe_fail("update", iteration)  # after the weights moved: the retry must undo this attempt
+    s.faults.maybe_fail("update", iteration)  # after the weights moved: the retry must undo this attempt
     out = {f"actor/{k}": float(v) for k, v in asdict(stats).items()}
     out["actor/updated"] = 1.0
-    return out
+    return UpdateResult(out)

@@ -71,6 +71,12 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @classmethod
+    def for_rollout(cls, cfg, max_new_tokens: int) -> "SamplingParams":
+        """Training-time sampling (initial responses and continuations alike) from the rollout
+        config section; n and the budgets are given per prompt at generate time."""
+        return cls(n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=max_new_tokens)
+
 
 @dataclass
 class Generation:
@@ -184,13 +190,19 @@ ENGINES = {
 }
 
 
+def engine_class(name: str) -> type:
+    """The class registered under `name` (its `for_run(policy, tokenizer, base_path, cfg)`
+    builds the engine of a training run)."""
+    if name not in ENGINES:
+        raise AttnRLError(f"Unknown rollout engine {name!r}: choose one of {sorted(ENGINES)}.")
+    module_name, class_name = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def make_engine(name: str, **kwargs: Any) -> RolloutEngine:
     """Build the rollout engine registered under `name` with its keyword arguments.
 
     make_engine("hf", model=tiny_qwen2, eos_token_id=1, max_batch_size=64)  # -> HFEngine
     make_engine("vllm", model_path="runs/ckpt/policy")                    # -> VLLMEngine (server)
     """
-    if name not in ENGINES:
-        raise AttnRLError(f"Unknown rollout engine {name!r}: choose one of {sorted(ENGINES)}.")
-    module_name, class_name = ENGINES[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)(**kwargs)
+    return engine_class(name)(**kwargs)

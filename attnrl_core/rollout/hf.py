@@ -110,6 +110,12 @@ class HFEngine:
         [len(g.token_ids) for g in out[0]]    # -> e.g. [5, 2, 5]: the second hit EOS (id 1)
     """
 
+    @classmethod
+    def for_run(cls, policy: torch.nn.Module, tokenizer, base_path: str, cfg) -> "HFEngine":
+        """The engine of a training run: samples with the trainer's own model object (always
+        current, no weight sync); `cfg` is the rollout config section."""
+        return cls(model=policy, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, max_batch_size=cfg.max_batch_size)
+
     def __init__(
         self,
         model: torch.nn.Module | str | os.PathLike,

@@ -57,6 +57,12 @@ class VLLMEngine:
     log_path: file receiving the server's stdout+stderr (default: a temporary file).
     """
 
+    @classmethod
+    def for_run(cls, policy, tokenizer, base_path: str, cfg) -> "VLLMEngine":
+        """The engine of a training run: a server started from the base policy's folder (the
+        session pushes the current weights after each update and on resume)."""
+        return cls(model_path=base_path)
+
     def __init__(
         self,
         model_path: str | os.PathLike | None = None,

@@ -33,7 +33,7 @@ def test_registry_names_every_estimator_and_rejects_unknown_ones():
     with pytest.raises(AttnRLError, match="'gae'.*grpo.*tree"):
         get_advantage_estimator("gae")
     with pytest.raises(ValueError):
-        register_advantage_estimator("tree")(lambda responses: None)
+        register_advantage_estimator("tree", branches=True)(lambda responses: None)
 
 
 def test_grpo_worked_example_uses_unbiased_std_and_eps():

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attnrl_core.exploration as exploration
+from attnrl_core.config import ExpansionConfig
 from attnrl_core.errors import AttnRLError
 from attnrl_core.exploration import (
     FCIRunningMean,
@@ -225,12 +226,12 @@ def test_easy_prompts_are_judged_against_a_mean_that_includes_them():
 def test_lone_easy_prompt_equals_the_mean_strict_drops_inclusive_keeps():
     prompts = [PromptRollouts(EASY, mf=0.25)]
     assert plan_exploration(prompts, FCIRunningMean(), gen()).branch == [[]]
-    assert plan_exploration(prompts, FCIRunningMean(), gen(), filter_strict=False).branch == [[0, 1, 2]]
+    assert plan_exploration(prompts, FCIRunningMean(), gen(), ExpansionConfig(strict=False)).branch == [[0, 1, 2]]
 
 
 def test_filter_off_branches_every_easy_prompt_but_still_updates_the_mean():
     prompts = [PromptRollouts(EASY, mf=0.0), PromptRollouts(EASY, mf=0.5)]
-    plan = plan_exploration(prompts, FCIRunningMean(0.5, 1), gen(), fci_filter=False)
+    plan = plan_exploration(prompts, FCIRunningMean(0.5, 1), gen(), ExpansionConfig(fci_filter=False))
     assert plan.branch == [[0, 1, 2], [0, 1, 2]]
     assert plan.counts.easy_dropped == 0
     assert plan.running_mean == FCIRunningMean(1.0, 3)
@@ -239,8 +240,8 @@ def test_filter_off_branches_every_easy_prompt_but_still_updates_the_mean():
 def test_round_rounding_and_uniform_mode_reach_the_plan():
     prompts = [PromptRollouts(EASY, mf=1.0), PromptRollouts((0, 1, 0, 0, 0, 0), mf=0.0)]
     base = FCIRunningMean(0.0, 5)
-    assert [len(b) for b in plan_exploration(prompts, base, gen(), rounding="round").branch] == [2, 5]
-    assert [len(b) for b in plan_exploration(prompts, base, gen(), mode="uniform").branch] == [6, 6]
+    assert [len(b) for b in plan_exploration(prompts, base, gen(), ExpansionConfig(rounding="round")).branch] == [2, 5]
+    assert [len(b) for b in plan_exploration(prompts, base, gen(), ExpansionConfig(mode="uniform")).branch] == [6, 6]
 
 
 def test_plan_is_pure_and_seeded():
@@ -272,7 +273,7 @@ def test_empty_batch():
 
 def test_plan_rejects_unknown_options():
     with pytest.raises(AttnRLError):
-        plan_exploration([], FCIRunningMean(), gen(), rounding="nearest")
+        plan_exploration([], FCIRunningMean(), gen(), ExpansionConfig.model_construct(rounding="nearest", mode="exp", fci_filter=True, strict=True))
 
 
 def test_prompt_rollouts_validates_outcomes():

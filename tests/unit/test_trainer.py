@@ -7,9 +7,10 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from attnrl_core import fci
+from attnrl_core.config import FCIConfig, OptimConfig, TrainConfig
 from attnrl_core.steps import absolute_step_spans, split_steps
 from attnrl_core.trainer import NonFiniteLoss, PolicySample, TorchTrainer, response_logprobs
-from attnrl_core.tree_sampling import PromptGroup, Response
+from attnrl_core.prompt_groups import PromptGroup, Response
 from attnrl_core.scoring import score_groups
 
 PAD = 0
@@ -46,8 +47,8 @@ def test_response_logprobs_match_a_direct_computation():
 def test_update_is_deterministic_and_moves_the_policy():
     a, b = tiny_model(), tiny_model()
     ref = copy.deepcopy(a).requires_grad_(False)
-    ta = TorchTrainer(a, ref, PAD, lr=1e-2, minibatch_sequences=2)
-    tb = TorchTrainer(b, copy.deepcopy(ref), PAD, lr=1e-2, minibatch_sequences=2)
+    ta = TorchTrainer(a, ref, PAD, OptimConfig(lr=1e-2, minibatch_sequences=2, micro_batch_tokens=0))
+    tb = TorchTrainer(b, copy.deepcopy(ref), PAD, OptimConfig(lr=1e-2, minibatch_sequences=2, micro_batch_tokens=0))
     before = {k: v.clone() for k, v in a.state_dict().items()}
     sa = ta.update(SAMPLES, torch.Generator().manual_seed(1))
     sb = tb.update(SAMPLES, torch.Generator().manual_seed(1))
@@ -73,8 +74,8 @@ def test_length_sorted_passes_give_the_one_pass_update(budget):
     # into a step of +-lr.
     a, b = tiny_model(), tiny_model()
     ref = copy.deepcopy(a).requires_grad_(False)
-    whole = GradRecorder(a, ref, PAD, lr=1e-2, minibatch_sequences=3)
-    passes = GradRecorder(b, copy.deepcopy(ref), PAD, lr=1e-2, minibatch_sequences=3, micro_batch_tokens=budget)
+    whole = GradRecorder(a, ref, PAD, OptimConfig(lr=1e-2, minibatch_sequences=3, micro_batch_tokens=0))
+    passes = GradRecorder(b, copy.deepcopy(ref), PAD, OptimConfig(lr=1e-2, minibatch_sequences=3, micro_batch_tokens=budget))
     assert len(passes._passes(SAMPLES, [0, 1, 2])) > 1
     sw = whole.update(SAMPLES, torch.Generator().manual_seed(0))
     sp = passes.update(SAMPLES, torch.Generator().manual_seed(0))
@@ -99,7 +100,7 @@ def test_length_micro_batches():
 
 def test_old_logprobs_use_the_stored_prefix_then_the_current_policy():
     model = tiny_model()
-    trainer = TorchTrainer(model, None, PAD, lr=1e-3, kl_coef=0.0)
+    trainer = TorchTrainer(model, None, PAD, OptimConfig(lr=1e-3, kl_coef=0.0, minibatch_sequences=192, micro_batch_tokens=0))
     olds, refs = trainer._old_and_ref(SAMPLES)
     current, _, _ = response_logprobs(model, SAMPLES, PAD)
     assert olds[0][:2].tolist() == [-2.0, -2.5]
@@ -110,7 +111,7 @@ def test_old_logprobs_use_the_stored_prefix_then_the_current_policy():
 
 def test_non_finite_loss_stops_the_update():
     model = tiny_model()
-    trainer = TorchTrainer(model, None, PAD, lr=1e-3, kl_coef=0.0)
+    trainer = TorchTrainer(model, None, PAD, OptimConfig(lr=1e-3, kl_coef=0.0, minibatch_sequences=192, micro_batch_tokens=0))
     bad = [PolicySample([5], [6, 7], [float("nan"), 1.0])]
     with pytest.raises(NonFiniteLoss, match="became"):
         trainer.update(bad, torch.Generator().manual_seed(0))
@@ -122,7 +123,7 @@ def test_score_groups_fills_fields_consistently_with_fci_score():
     sep[3] = True
     resp = [Response([9, 3, 10, 11, 3, 12, 3, 13], [-1.0] * 8), Response([14, 3, 15], [-1.0] * 3)]
     group = PromptGroup("p", "q", "1", 1, [5, 6, 7], resp)
-    score_groups(model, [group], sep, vocab_texts=[f"t{i}" for i in range(24)], pad_token_id=PAD, delta=1, micro_batch=1)
+    score_groups(model, [group], sep, vocab_texts=[f"t{i}" for i in range(24)], pad_token_id=PAD, cfg=FCIConfig(delta=1), micro_batch=1)
     r0 = group.responses[0]
     assert r0.step_spans == [[0, 2], [2, 5], [5, 7], [7, 8]]
     assert len(r0.step_fci) == 5 and r0.step_fci[0] == 0.0 and r0.step_fci[1] == 0.0  # zeroed
@@ -156,8 +157,8 @@ def test_deepspeed_update_equals_the_torch_update(zero_stage):
     ref = copy.deepcopy(a).requires_grad_(False)
     # micro_batch_tokens=8: a mini-batch of 2 runs as 2 passes, through the engine's gradient
     # accumulation; the torch side runs the same passes (same rounding: see the Adam note above)
-    torch_trainer = TorchTrainer(a, ref, PAD, lr=1e-2, minibatch_sequences=2, micro_batch_tokens=8)
-    ds_trainer = DeepSpeedTrainer(b, copy.deepcopy(ref), PAD, lr=1e-2, minibatch_sequences=2, zero_stage=zero_stage, micro_batch_tokens=8)
+    torch_trainer = TorchTrainer(a, ref, PAD, OptimConfig(lr=1e-2, minibatch_sequences=2, micro_batch_tokens=8))
+    ds_trainer = DeepSpeedTrainer(b, copy.deepcopy(ref), PAD, OptimConfig(lr=1e-2, minibatch_sequences=2, micro_batch_tokens=8), TrainConfig(zero_stage=zero_stage))
     before = _weights(b)
     for step in range(2):
         st = torch_trainer.update(SAMPLES, torch.Generator().manual_seed(step))
@@ -177,8 +178,8 @@ def test_deepspeed_state_round_trip_continues_exactly(tmp_path, zero_stage, bf16
     from attnrl_core.trainer import DeepSpeedTrainer
 
     a, b = tiny_model(), tiny_model()
-    ta = DeepSpeedTrainer(a, None, PAD, lr=1e-2, kl_coef=0.0, minibatch_sequences=2, zero_stage=zero_stage, bf16=bf16)
-    tb = DeepSpeedTrainer(b, None, PAD, lr=1e-2, kl_coef=0.0, minibatch_sequences=2, zero_stage=zero_stage, bf16=bf16)
+    ta = DeepSpeedTrainer(a, None, PAD, OptimConfig(lr=1e-2, kl_coef=0.0, minibatch_sequences=2, micro_batch_tokens=0), TrainConfig(zero_stage=zero_stage, bf16=bf16))
+    tb = DeepSpeedTrainer(b, None, PAD, OptimConfig(lr=1e-2, kl_coef=0.0, minibatch_sequences=2, micro_batch_tokens=0), TrainConfig(zero_stage=zero_stage, bf16=bf16))
     if bf16:
         assert next(a.parameters()).dtype == torch.bfloat16  # the engine casts the shared policy object
     for t in (ta, tb):
@@ -188,7 +189,7 @@ def test_deepspeed_state_round_trip_continues_exactly(tmp_path, zero_stage, bf16
 
     c = tiny_model(seed=7)  # other weights: everything must come from the checkpoint
     c.load_state_dict(torch.load(tmp_path / "policy.pt", weights_only=True))
-    tc = DeepSpeedTrainer(c, None, PAD, lr=1e-2, kl_coef=0.0, minibatch_sequences=2, zero_stage=zero_stage, bf16=bf16)
+    tc = DeepSpeedTrainer(c, None, PAD, OptimConfig(lr=1e-2, kl_coef=0.0, minibatch_sequences=2, micro_batch_tokens=0), TrainConfig(zero_stage=zero_stage, bf16=bf16))
     tc.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
     ta.update(SAMPLES, torch.Generator().manual_seed(1))
     tc.update(SAMPLES, torch.Generator().manual_seed(1))
@@ -199,7 +200,7 @@ def test_deepspeed_refuses_zero_stage_3():
     from attnrl_core.trainer import DeepSpeedTrainer
 
     with pytest.raises(ValueError, match="zero_stage must be 0, 1 or 2"):
-        DeepSpeedTrainer(tiny_model(), None, PAD, lr=1e-3, kl_coef=0.0, zero_stage=3)
+        DeepSpeedTrainer(tiny_model(), None, PAD, OptimConfig(lr=1e-3, kl_coef=0.0), TrainConfig.model_construct(zero_stage=3, bf16=False))
 
 
 def test_docstring_examples():

@@ -214,7 +214,7 @@ def test_from_tokens_to_tree_through_steps_and_branching():
     raw = torch.tensor([7.0, 6.0, 0.5, 2.0, 1.0, 9.0])  # prompt + 5 steps, as FCI scoring returns
     scores = zero_fci_scores(raw, answer_step)  # -> [0, 0, .5, 2, 1, 0]
     view = ResponseView(prompt_len=4, step_spans=spans, step_scores=scores)
-    points = CRITERIA["fci"](view, min_token_offset=0, min_token_gap=0)
+    points = CRITERIA["fci"](view, num_points=2, rho=0.2, min_token_offset=0, min_token_gap=0)
     # quantile([0, .5, 2, 1, 0], 0.8) = 1.2 -> step 3 (start 6); fill with step 2 (start 3)
     assert points == [3, 6]
     tree = build_tree([

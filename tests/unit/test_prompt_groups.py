@@ -1,4 +1,4 @@
-"""Tree sampling: continuation requests, attaching continuations, planning, PPO samples."""
+"""Prompt groups: continuation requests, attaching continuations, JSON; branch planning; PPO samples."""
 
 import math
 
@@ -8,18 +8,17 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from attnrl_core.rollout import Generation, SamplingParams, make_engine
 from attnrl_core.exploration import FCIRunningMean
-from attnrl_core.tree_sampling import (
-    BranchSettings,
+from attnrl_core.branch_plan import plan_branches
+from attnrl_core.config import BranchConfig, ExpansionConfig
+from attnrl_core.ppo_samples import policy_samples, tree_inputs
+from attnrl_core.prompt_groups import (
     PromptGroup,
     Response,
     attach_continuations,
     continuation_requests,
     continuation_targets,
     from_json,
-    plan_branches,
-    policy_samples,
     to_json,
-    tree_inputs,
 )
 
 SEP = 3  # the step separator token of these hand-made responses
@@ -91,8 +90,8 @@ def test_leaves_per_prompt_follow_the_expansion_table(correct):
     """G = 6, N = 2 points, T = 2: leaves = G + 4 * n with n = ceil(6 exp(-acc)) (docs/method.md §5)."""
     rewards = [1.0] * correct + [0.0] * (6 - correct)
     group = _group(rewards, n_steps=8, step_len=4)
-    settings = BranchSettings(criterion="fci", num_points=2, rho=0.2, min_token_offset=0, min_token_gap=0, fci_filter=False)
-    plan_branches([group], FCIRunningMean(), settings, torch.Generator().manual_seed(0))
+    branch = BranchConfig(criterion="fci", num_points=2, rho=0.2, min_token_offset=0, min_token_gap=0)
+    plan_branches([group], FCIRunningMean(), branch, ExpansionConfig(fci_filter=False), torch.Generator().manual_seed(0))
     acc = correct / 6
     n = 6 if correct == 0 else math.ceil(6 * math.exp(-acc))
     branched = [r for r in group.responses if r.branch_points]
@@ -107,9 +106,9 @@ def test_leaves_per_prompt_follow_the_expansion_table(correct):
 
 def test_fci_filter_drops_easy_prompt_below_running_mean():
     easy = _group([1.0] * 6)
-    settings = BranchSettings(criterion="fci", min_token_offset=0, min_token_gap=0)
+    branch = BranchConfig(criterion="fci", min_token_offset=0, min_token_gap=0)
     # a running mean far above this prompt's mean FCI: the easy prompt is not branched
-    mean, counts = plan_branches([easy], FCIRunningMean(total=100.0, count=10), settings, torch.Generator().manual_seed(0))
+    mean, counts = plan_branches([easy], FCIRunningMean(total=100.0, count=10), branch, ExpansionConfig(), torch.Generator().manual_seed(0))
     assert all(not r.branch_points for r in easy.responses)
     assert counts.easy_dropped == 1 and mean.count == 11
 

@@ -1,0 +1,148 @@
+"""The MLflow side of one training run: create or resume it, its params and tags, per-iteration and
+per-evaluation logging, and its end status.
+
+A resumed run restarts after its last complete checkpoint and skips logging the steps MLflow
+already holds (on CPU they are recomputed bit-identically), so no metric step is logged twice:
+every iteration's batch carries the sentinel `progress/iteration`, whose history says what is
+there. An iteration's metrics are logged as ONE batch at step = iteration, before its
+checkpoint: a crash in between re-runs the iteration from the previous checkpoint and finds its
+step already logged.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from attnrl_core.config import Config, flatten
+from attnrl_core.errors import AttnRLError
+from attnrl_core.evaluation import EvalReport
+from flows import RUNS_DIR, tracking
+from flows.evaluate import log_reports
+from tasks import checkpoint as ckpt
+from tasks.evaluate import HELDOUT
+
+SENTINEL = "progress/iteration"  # logged in every iteration's batch: its history says what MLflow holds
+
+
+def default_run_name(cfg: Config) -> str:
+    return f"{cfg.method}-{cfg.criterion_tag}-s{cfg.seed}-{cfg.hash()[:6]}"
+
+
+@dataclass
+class TrainingRun:
+    """One MLflow training run and where its checkpoints live."""
+
+    client: MlflowClient
+    run_id: str
+    cfg: Config
+    base: str  # the base policy: a folder or hub id
+    run_dir: Path  # checkpoints
+    checkpoint: tuple[dict, dict, dict] | None  # (policy, optimizer, session state) to resume from
+    logged_through: int  # the last iteration MLflow holds metrics for
+
+    @classmethod
+    def create(
+        cls, uri: str, experiment_id: str, cfg: Config, base: str, run_name: str | None, parent_run_id: str | None, extra_tags: dict | None
+    ) -> "TrainingRun":
+        """A new run in the experiment (tracking.setup), with its tags, params and config artifact."""
+        client = MlflowClient(uri)
+        tags = {
+            "method": cfg.method,
+            "criterion": cfg.criterion_tag,
+            "advantage": cfg.advantage,
+            "pipeline": cfg.pipeline,
+            "seed": str(cfg.seed),
+            "config_hash": cfg.hash(),
+            "git_commit": tracking.git_commit(),
+            "kind": "train",
+            "base_policy": str(base),
+            **(extra_tags or {}),
+        }
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run_id = client.create_run(experiment_id, run_name=run_name or default_run_name(cfg), tags=tags).info.run_id
+        run_dir = RUNS_DIR / "checkpoints" / run_id
+        client.set_tag(run_id, "checkpoint_dir", str(run_dir))
+        cfg_text = json.dumps(cfg.model_dump(mode="json"))
+        if len(cfg_text) < 5000:  # MLflow tag values are limited; the artifact has the full config anyway
+            client.set_tag(run_id, "config_json", cfg_text)
+        items = list(flatten(cfg).items())
+        for i in range(0, len(items), 100):
+            client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in items[i : i + 100]])
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+            client.log_artifacts(run_id, tmp, artifact_path="config")
+        return cls(client, run_id, cfg, str(base), run_dir, None, 0)
+
+    @classmethod
+    def resume(cls, uri: str, ref: str) -> "TrainingRun":
+        """The run `ref` (id or name) from its last complete checkpoint, or from its start inside
+        the same MLflow run when it was killed before its first one."""
+        tracking.preflight(uri)
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        run = tracking.find_run(client, [e.experiment_id for e in client.search_experiments()], ref)
+        run_id = run.info.run_id
+        run_dir = Path(run.data.tags.get("checkpoint_dir", RUNS_DIR / "checkpoints" / run_id))
+        done = ckpt.complete_checkpoints(run_dir)
+        if done:
+            policy_state, optim_state, state, cfg_saved = ckpt.load(done[-1])
+            cfg, checkpoint = Config.model_validate(cfg_saved), (policy_state, optim_state, state)
+        elif "config_json" in run.data.tags:
+            cfg, checkpoint = Config.model_validate(json.loads(run.data.tags["config_json"])), None
+        else:
+            raise AttnRLError(f"Run {ref!r} has no complete checkpoint and no saved config to restart from.")
+        history = client.get_metric_history(run_id, SENTINEL)
+        client.update_run(run_id, status="RUNNING")
+        return cls(client, run_id, cfg, run.data.tags["base_policy"], run_dir, checkpoint, max((int(m.step) for m in history), default=0))
+
+    # -- logging ------------------------------------------------------------------------------
+    def fresh(self, iteration: int) -> bool:
+        """True unless MLflow already holds this iteration (a resumed run re-running it)."""
+        return iteration > self.logged_through
+
+    def log_iteration(self, iteration: int, metrics: dict[str, float]) -> None:
+        if self.fresh(iteration):
+            stamp = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[mlflow.entities.Metric(k, float(v), stamp, iteration) for k, v in metrics.items()])
+
+    def log_evaluation(self, iteration: int, reports: dict[str, EvalReport], trees_html: str | None = None, metrics: bool = True) -> None:
+        """The evaluation tables and sample responses (and the metrics when `metrics`; otherwise
+        they ride in the iteration's batch) plus the rendered sample trees."""
+        log_reports(self.client, self.run_id, reports, step=iteration, metrics=metrics)
+        if trees_html is not None:
+            self.client.log_text(self.run_id, trees_html, f"trees/iter_{iteration:05d}.html")
+
+    def log_checkpoint(self, iteration: int, path: str, sha256: str, seconds: float) -> None:
+        self.client.log_dict(self.run_id, {"iteration": iteration, "path": path, "sha256": sha256}, f"checkpoints/iter_{iteration:06d}.json")
+        if self.fresh(iteration):
+            self.client.log_metric(self.run_id, "time/checkpoint", seconds, step=iteration)
+
+    def heldout_at(self, step: int) -> dict | None:
+        """The held-out accuracy (mean and per level) logged at `step`, or None if not logged."""
+        k = self.cfg.eval.samples
+        out = {}
+        for key in self.client.get_run(self.run_id).data.metrics:
+            if key.startswith(f"eval/{HELDOUT}/") and key.endswith(f"avg_at_{k}"):
+                values = [m.value for m in self.client.get_metric_history(self.run_id, key) if m.step == step]
+                if values:
+                    level = key.split("/")[2]
+                    out["avg" if level == f"avg_at_{k}" else level.removeprefix("level_")] = values[0]
+        return out or None
+
+    # -- the end ------------------------------------------------------------------------------
+    def finish(self, status: str, pruned: bool = False) -> None:
+        """FINISHED, FAILED, or KILLED (a pruned sweep trial: tagged pruned=true)."""
+        if pruned:
+            self.client.set_tag(self.run_id, "pruned", "true")
+        self.client.set_terminated(self.run_id, status=status)
+
+    def log_final_policy(self, folder: Path) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path="final_policy")
