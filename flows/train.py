@@ -13,10 +13,12 @@ MLflow side (create or resume, logging each step once) is flows/run_tracking.py.
 from __future__ import annotations
 
 import shutil
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from prefect import flow
 from rich.console import Console
@@ -39,6 +41,35 @@ from tasks.update import update
 # Called after each evaluation with (iteration, the eval/ metrics); True stops the run there as
 # pruned. A sweep passes one per trial to report to Optuna.
 EvaluationHook = Callable[[int, dict[str, float]], bool]
+
+
+class Preempted(BaseException):
+    """SIGTERM arrived (what Slurm, Kubernetes and Prefect workers send before SIGKILL): the run
+    stopped at the next safe point, a phase boundary, and is marked KILLED so that `attnrl
+    resume` continues it from its last complete checkpoint. A BaseException, so that no retry
+    and no `except Exception` swallows it."""
+
+
+@contextmanager
+def sigterm_stops_at_safe_points() -> Iterator[Callable[[], None]]:
+    """While active, SIGTERM only sets a flag; the yielded `safe_point()` raises Preempted once it
+    is set. (Prefect's own handler would raise inside whichever task runs, where a retry picks
+    the run up again.) Outside the main thread signals cannot be handled: SIGTERM stays as it was."""
+    received: list[int] = []
+
+    def safe_point() -> None:
+        if received:
+            raise Preempted(f"stopped by signal {received[0]} (SIGTERM)")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield safe_point
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @flow(name="train")
@@ -71,20 +102,24 @@ def train_flow(
     run.run_dir.mkdir(parents=True, exist_ok=True)
     result = {"run_id": run.run_id, "pruned": False, "checkpoint_dir": str(run.run_dir), "base_eval": run.heldout_at(step=0), "final_eval": {}}
     try:
-        s = TrainSession(cfg, run.base, run.run_id, run.checkpoint)
-        progress = TrainProgress(quiet, cfg.train.iterations, s.iteration)
-        if cfg.train.eval_before and result["base_eval"] is None:
-            # step 0 = the policy before any update: every curve in the UI starts at the base
-            reports, _ = evaluate(s, 0, phases)
-            run.log_evaluation(0, reports)
-            result["base_eval"] = heldout_summary(reports)
-        with progress:
-            for it in range(s.iteration + 1, cfg.train.iterations + 1):
-                outcome = run_iteration(s, it, phases, run, progress, on_evaluation)
-                result["final_eval"] = outcome.heldout or result["final_eval"]
-                if outcome.pruned:
-                    run.finish("KILLED", pruned=True)
-                    return {**result, "pruned": True, "pruned_at": it, "best": dict(s.best)}
+        with sigterm_stops_at_safe_points() as safe_point:
+            s = TrainSession(cfg, run.base, run.run_id, run.checkpoint)
+            progress = TrainProgress(quiet, cfg.train.iterations, s.iteration, safe_point)
+            if cfg.train.eval_before and result["base_eval"] is None:
+                # step 0 = the policy before any update: every curve in the UI starts at the base
+                reports, _ = evaluate(s, 0, phases)
+                run.log_evaluation(0, reports)
+                result["base_eval"] = heldout_summary(reports)
+            with progress:
+                for it in range(s.iteration + 1, cfg.train.iterations + 1):
+                    outcome = run_iteration(s, it, phases, run, progress, on_evaluation)
+                    result["final_eval"] = outcome.heldout or result["final_eval"]
+                    if outcome.pruned:
+                        run.finish("KILLED", pruned=True)
+                        return {**result, "pruned": True, "pruned_at": it, "best": dict(s.best)}
+    except Preempted:
+        run.finish("KILLED")
+        raise
     except BaseException:
         run.finish("FAILED")
         raise
@@ -171,6 +206,7 @@ def run_iteration(s: TrainSession, it: int, phases: Phases, run: TrainingRun, pr
         run.log_checkpoint(it, saved.path, saved.sha256, saved.metrics["time/checkpoint"])
     if not pruned:
         progress.done(it, metrics)
+    progress.safe_point()
     return IterationOutcome(heldout, pruned)
 
 
@@ -203,9 +239,11 @@ def save_final_policy(s: TrainSession, run: TrainingRun) -> Path:
 
 
 class TrainProgress:
-    """The progress bar of a run: iterations done, the running phase, reward, valid tokens, eval."""
+    """The progress bar of a run: iterations done, the running phase, reward, valid tokens, eval.
+    Every phase boundary it reports is a safe point to stop at (`safe_point`)."""
 
-    def __init__(self, quiet: bool, total: int, start: int) -> None:
+    def __init__(self, quiet: bool, total: int, start: int, safe_point: Callable[[], None] = lambda: None) -> None:
+        self.safe_point = safe_point
         self.bar = Progress(
             TextColumn("[bold]iter"),
             BarColumn(),
@@ -226,6 +264,7 @@ class TrainProgress:
         self.bar.__exit__(*exc)
 
     def phase(self, name: str) -> None:
+        self.safe_point()
         self.bar.update(self.task, phase=name)
 
     def evaluated(self, accuracy: float) -> None:
