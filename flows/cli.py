@@ -12,6 +12,11 @@
 
 A problem with the input (config field, data file and line, model path, tracking store) prints
 one paragraph and exits with code 2; nothing already written is touched.
+
+Start-up is kept short: this module imports only typer, rich and the project's error type; each
+command imports what it needs (the config model, MLflow, the flows with Prefect and torch) in its
+own body. So `attnrl --help` loads none of the stack, `attnrl config` only the config module, and
+`attnrl runs` and a `resume` of a run that is not in the store only MLflow: no Prefect server.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from attnrl_core.config import describe_fields, flatten, load_config
 from attnrl_core.errors import AttnRLError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="AttnRL: attention-guided tree RL for reasoning models.")
@@ -60,6 +64,8 @@ def user_errors(fn):
 
 
 def _config(path: Path, overrides: list[str] | None):
+    from attnrl_core.config import load_config
+
     return load_config(path, overrides or [])
 
 
@@ -146,6 +152,15 @@ def resume(
     quiet: QuietOpt = False,
 ):
     """Continue a training run from its last complete checkpoint, in the same MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from flows import tracking
+
+    # a run that is not in the store exits 2 here, in MLflow alone: before Prefect (its server) starts
+    uri = tracking.resolve_uri(tracking_uri)
+    tracking.preflight(uri)
+    client = MlflowClient(uri)
+    tracking.find_run(client, [e.experiment_id for e in client.search_experiments()], run)
     _quiet_libraries()
     from flows.train import train_flow
 
@@ -229,6 +244,8 @@ def eval_(
 @user_errors
 def config_(config: ConfigOpt = Path(DEFAULT_CONFIG), set: SetOpt = None):
     """Print every config field: its resolved value, type/range and meaning."""
+    from attnrl_core.config import describe_fields, flatten
+
     cfg = _config(config, set)
     values = flatten(cfg)
     table = Table(title=f"config {config} (hash {cfg.hash()})", show_lines=False)
