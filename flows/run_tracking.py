@@ -35,6 +35,25 @@ def default_run_name(cfg: Config) -> str:
     return f"{cfg.method}-{cfg.criterion_tag}-s{cfg.seed}-{cfg.hash()[:6]}"
 
 
+def describe(cfg: Config, tags: dict) -> str:
+    """One paragraph a person reads on the run's page: method, where it branches, seed, base.
+
+    >>> from attnrl_core.config import load_config
+    >>> describe(load_config(None, ["method=treerl", "seed=3"]), {"base_policy": "runs/base", "ablation": "treerl"})
+    'treerl: branch criterion entropy, tree advantages, one_step_off pipeline, 60 iterations of up to 16 prompts x 6; seed 3, from the base policy runs/base. Ablation treerl.'
+    """
+    text = (
+        f"{cfg.method}: branch criterion {cfg.criterion_tag}, {cfg.advantage} advantages, {cfg.pipeline} pipeline, "
+        f"{cfg.train.iterations} iterations of up to {cfg.batch.max_prompts if cfg.batch.adaptive else cfg.batch.prompts} prompts x "
+        f"{cfg.rollout.group_size}; seed {cfg.seed}, from the base policy {tags.get('base_policy')}."
+    )
+    if "ablation" in tags:
+        text += f" Ablation {tags['ablation']}."
+    if "sweep" in tags:
+        text += f" Trial {tags.get('optuna_trial')} of sweep {tags['sweep']}."
+    return text
+
+
 @dataclass
 class TrainingRun:
     """One MLflow training run and where its checkpoints live."""
@@ -65,6 +84,7 @@ class TrainingRun:
             "base_policy": str(base),
             **(extra_tags or {}),
         }
+        tags["mlflow.note.content"] = describe(cfg, tags)  # the run page's description
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run_id = client.create_run(experiment_id, run_name=run_name or default_run_name(cfg), tags=tags).info.run_id

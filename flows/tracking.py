@@ -22,6 +22,11 @@ if TYPE_CHECKING:  # mlflow is imported where it is used: `attnrl ui` and the CL
     from mlflow.tracking import MlflowClient
 
 
+# MLflow 3's UI opens an experiment on its GenAI overview (traces, latency) unless it is marked as a
+# model-training experiment; this is the UI's own tag and value for that.
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def resolve_uri(explicit: str | None = None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's SQLite store."""
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{RUNS_DIR / 'mlflow.db'}"
@@ -68,8 +73,12 @@ def setup(uri: str | None, experiment: str) -> str:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         location = artifact_root() if uri.startswith("sqlite:") else None
-        return client.create_experiment(experiment, artifact_location=location)
-    return exp.experiment_id
+        experiment_id = client.create_experiment(experiment, artifact_location=location, tags={EXPERIMENT_KIND: TRAINING_KIND})
+    else:
+        experiment_id = exp.experiment_id
+        if exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:  # made by an older version, or by hand
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
+    return experiment_id
 
 
 def find_run(client: MlflowClient, experiment_ids: list[str], ref: str) -> Run:

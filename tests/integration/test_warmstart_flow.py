@@ -41,6 +41,13 @@ def test_warmstart_trains_caches_and_logs(reduced_cfg, tmp_path):
     assert len(history) >= 10
     artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(first["mlflow_run_id"], "base_policy")}
     assert "base_policy/model.safetensors" in artifacts
+    # a live run: open from the first step (its span covers the training) and FINISHED at the end,
+    # in an experiment the UI opens on its runs table
+    assert run.info.status == "FINISHED"
+    assert (run.info.end_time - run.info.start_time) / 1000 >= run.data.metrics["time/warmstart_s"]
+    assert history[0].timestamp < run.info.end_time - 1000 * run.data.metrics["time/warmstart_s"] / 2
+    experiment = mlflow.MlflowClient(uri).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_cache_key_follows_the_config(reduced_cfg):
