@@ -1,11 +1,15 @@
 """The verifier (docs/method.md §9): rule path, math-verify fallback in worker processes, hostile text.
 
-The math-verify pool is started once for the module (the `pool` fixture, ~1-2 s) and shared.
-Time bounds use TIMEOUT_S = 1.0 to keep the suite quick; SLACK_S absorbs a loaded, shared CPU.
+The math-verify pool is started once for the module (the `pool` fixture: two workers, ~1-2 s)
+and shared. Time bounds use TIMEOUT_S = 1.0 to keep the suite quick; SLACK_S absorbs a loaded,
+shared CPU. A call's limit covers waiting for a worker that is still starting, so a test that
+needs verdicts from a cold or just-replaced worker waits for it first (`ready`) or asks with a
+generous limit (60 s).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -43,13 +47,16 @@ NESTED_FRACS = "\\boxed{" + "\\frac{1}{" * 200 + "2" + "}" * 200 + "}"
 
 @pytest.fixture(scope="module")
 def pool() -> FallbackPool:
-    """The shared pool, with a worker started and ready (so timings exclude the spawn)."""
+    """The shared pool, with two workers started and ready (so timings exclude the spawn)."""
+    ready(fallback_pool())
     assert is_correct("\\boxed{\\sqrt{4}}", "2")
     return fallback_pool()
 
 
 def ready(pool: FallbackPool) -> None:
-    """Wait until a worker is idle and ready: a timeout's replacement may still be importing."""
+    """Wait until two workers are started and idle: a timeout's replacement may still be
+    importing, and a call's limit would count the wait for it."""
+    assert pool.warm_up(2, wait_s=60.0) >= 2
     assert pool.check([("1", "\\boxed{1}")], timeout_s=60.0) == [True]
 
 
@@ -342,6 +349,108 @@ def test_time_limit_holds_in_worker_threads(pool):
     assert total < 2 * TIMEOUT_S + 3 * SLACK_S
 
 
+COLD_TIMEOUT_S = 2.0
+COLD_CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    from concurrent.futures import ThreadPoolExecutor
+    from attnrl_core.verify import fallback_pool, is_correct
+    CASES = [("\\\\boxed{2\\\\pi}", "\\\\pi"), ("\\\\boxed{(2, 1)}", "(1,2)")]  # both need math-verify
+
+    def calls(k):
+        out = []
+        for response, reference in (CASES[k % 2], CASES[(k + 1) % 2]):
+            t0 = time.perf_counter()
+            verdict = is_correct(response, reference, timeout_s=float(sys.argv[1]))
+            out.append((verdict, time.perf_counter() - t0))
+        return out
+
+    if __name__ == "__main__":
+        with ThreadPoolExecutor(max_workers=4) as threads:  # as Prefect runs tasks
+            results = [r for rs in threads.map(calls, range(4)) for r in rs]
+        later = fallback_pool().check([("\\\\pi", "\\\\boxed{\\\\pi}")], timeout_s=60.0)
+        print(json.dumps({"calls": results, "later": later}), flush=True)
+    """
+)
+
+
+def run_script(tmp_path, source: str, *args: str) -> subprocess.CompletedProcess:
+    """Run `source` as a fresh Python (a cold pool); a hang fails the test, workers included."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the script hung")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_time_limit_holds_on_a_cold_pool_in_worker_threads(tmp_path):
+    """The pool's start-up (1-2 s quiet, 10+ s busy) counts against the call's limit: each call
+    returns on time (False if no worker was ready), and the workers finish starting for later."""
+    proc = run_script(tmp_path, COLD_CHILD, str(COLD_TIMEOUT_S))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert len(report["calls"]) == 8
+    for verdict, elapsed in report["calls"]:
+        assert verdict is False  # 2pi != pi, (2,1) != (1,2): wrong, on time or not
+        assert elapsed < COLD_TIMEOUT_S + SLACK_S, report["calls"]
+    assert report["later"] == [True]
+
+
+def test_a_call_waiting_for_a_busy_worker_returns_on_time():
+    busy = FallbackPool(capacity=1)
+    try:
+        assert busy.warm_up(1, wait_s=60.0) == 1
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            hung = thread.submit(busy.check, [("3", POWER_TOWER)], TIMEOUT_S)
+            time.sleep(0.2)  # the tower holds the only worker, then its replacement starts
+            t0 = time.perf_counter()
+            verdicts = busy.check([("4", "\\boxed{\\sqrt{16}}")], timeout_s=TIMEOUT_S)
+            elapsed = time.perf_counter() - t0
+            assert hung.result() == [False]
+        assert verdicts in ([False], [True])
+        assert elapsed < TIMEOUT_S + SLACK_S
+    finally:
+        busy.close()
+
+
+IMPORT_CHILD = textwrap.dedent(
+    """
+    import multiprocessing, os, threading
+    hooks = []
+    register_at_fork = os.register_at_fork
+    def spy(**kw):
+        hooks.append(kw)
+        register_at_fork(**kw)
+    os.register_at_fork = spy
+
+    def ours():
+        return [h for h in hooks if any((getattr(f, "__module__", None) or "").startswith("attnrl_core") for f in h.values())]
+
+    import attnrl_core.verify as verify
+    assert ours() == [] and threading.active_count() == 1 and multiprocessing.active_children() == []
+    assert verify.is_correct("\\\\boxed{7}", "7")  # the rule path needs no pool
+    assert ours() == [] and threading.active_count() == 1 and multiprocessing.active_children() == []
+    verify.fallback_pool()  # creating the pool registers the fork hook, and still starts nothing
+    assert len(ours()) == 1 and multiprocessing.active_children() == []
+    verify.fallback_pool()
+    assert len(ours()) == 1
+    print("ok")
+    """
+)
+
+
+def test_import_registers_and_starts_nothing(tmp_path):
+    proc = run_script(tmp_path, IMPORT_CHILD)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "ok"), proc.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # verify_batch
 # ----------------------------------------------------------------------------------------------
@@ -448,7 +557,7 @@ CHILD = textwrap.dedent(
     import os, signal, sys
     from attnrl_core.verify import fallback_pool, is_correct
     if __name__ == "__main__":
-        assert is_correct("\\\\boxed{\\\\sqrt{4}}", "2")
+        assert is_correct("\\\\boxed{\\\\sqrt{4}}", "2", timeout_s=60.0)  # a cold pool: wait for it
         print(" ".join(map(str, fallback_pool().pids())), flush=True)
         if sys.argv[1] == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -481,7 +590,7 @@ PROCESS_CHILD = textwrap.dedent(
     from attnrl_core.verify import fallback_pool, is_correct
 
     def work(queue):
-        queue.put((is_correct("\\\\boxed{\\\\sqrt{9}}", "3"), fallback_pool().pids()))
+        queue.put((is_correct("\\\\boxed{\\\\sqrt{9}}", "3", timeout_s=60.0), fallback_pool().pids()))
 
     if __name__ == "__main__":
         ctx = multiprocessing.get_context(sys.argv[1])
@@ -521,9 +630,10 @@ def test_a_worker_that_died_while_idle_is_replaced_not_blamed(pool):
     for pid in pool.pids():
         os.kill(pid, signal.SIGKILL)
     time.sleep(0.1)
-    assert is_correct("\\boxed{\\sqrt{25}}", "5")
+    # Generous limits: the replacements' start-up counts against them.
+    assert is_correct("\\boxed{\\sqrt{25}}", "5", timeout_s=60.0)
     squares = ["\\boxed{\\sqrt{%d}}" % (k * k) for k in range(10)]
-    got = verify_batch(squares, [str(k) for k in range(10)], workers=2, parallel_min_fallbacks=1)
+    got = verify_batch(squares, [str(k) for k in range(10)], timeout_s=60.0, workers=2, parallel_min_fallbacks=1)
     assert got == [True] * 10
     assert all(alive(p) for p in pool.pids())
 
@@ -532,8 +642,12 @@ def test_docstring_examples():
     import doctest
 
     import attnrl_core.verify
+    import attnrl_core.verify.answer
+    import attnrl_core.verify.pool
+    import attnrl_core.verify.worker
 
-    assert doctest.testmod(attnrl_core.verify).failed == 0
+    for module in (attnrl_core.verify, attnrl_core.verify.answer, attnrl_core.verify.pool, attnrl_core.verify.worker):
+        assert doctest.testmod(module).failed == 0, module.__name__
 
 
 def _fallback_in_daemon(_):
