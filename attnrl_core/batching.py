@@ -1,4 +1,5 @@
-"""Length-sorted passes: how a batch of variable-length sequences is cut for forward/backward.
+"""Length-sorted passes: how a batch of variable-length sequences is cut for forward/backward,
+and how the rows of a pass are padded into one (B, L) tensor (`pad_token_rows`).
 
 A batch padded to its longest row spends much of its compute on padding when lengths vary (a
 tiny-world PPO batch: 38% of the computed positions are real tokens). Sorting by length and
@@ -8,7 +9,9 @@ each pass's loss divided by the whole batch's token count, so the step is the sa
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
+
+import torch
 
 
 def length_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
@@ -40,3 +43,32 @@ def computed_positions(lengths: Sequence[int], token_budget: int) -> int:
     (84, 150)
     """
     return sum(len(group) * max(lengths[i] for i in group) for group in length_micro_batches(lengths, token_budget))
+
+
+def pad_token_rows(rows: Sequence[Sequence[int]], pad_value: int, side: Literal["left", "right"] = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as one (B, L) long tensor, L = the longest row, and its (B, L) long
+    attention mask (1 on a row's own tokens, 0 on padding). `side` is where the row's tokens
+    sit: "right" pads after them (positions start at 0: training and scoring forwards), "left"
+    pads before them (every row ends at L: prefill before decoding). Pad cells hold `pad_value`.
+
+    >>> ids, mask = pad_token_rows([[5, 6, 7], [8]], pad_value=0)
+    >>> ids
+    tensor([[5, 6, 7],
+            [8, 0, 0]])
+    >>> mask
+    tensor([[1, 1, 1],
+            [1, 0, 0]])
+    >>> pad_token_rows([[5, 6, 7], [8]], pad_value=-1, side="left")[0]
+    tensor([[ 5,  6,  7],
+            [-1, -1,  8]])
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_value, dtype=torch.long)  # (B, L)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
+    for b, row in enumerate(rows):
+        cols = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        ids[b, cols] = torch.tensor(row, dtype=torch.long)
+        mask[b, cols] = 1
+    return ids, mask

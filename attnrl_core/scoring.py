@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from attnrl_core import fci
+from attnrl_core.batching import pad_token_rows
 from attnrl_core.branching import zero_fci_scores
 from attnrl_core.config import FCIConfig
 from attnrl_core.steps import absolute_step_spans, answer_summary_step, split_steps
@@ -40,15 +41,12 @@ def score_groups(
     order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0].prompt_ids) + len(rows[i][1].token_ids)))
     for start in range(0, len(order), micro_batch):
         chunk = [rows[i] for i in order[start : start + micro_batch]]
-        width = max(len(g.prompt_ids) + len(r.token_ids) for g, r in chunk)
-        input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)  # (B, L)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)  # (B, L)
+        seqs = [group.prompt_ids + resp.token_ids for group, resp in chunk]
+        input_ids, attention_mask = pad_token_rows(seqs, pad_token_id, side="left")  # (B, L) each
+        width = input_ids.shape[1]
         spans, relative = [], []
         for b, (group, resp) in enumerate(chunk):
-            seq = group.prompt_ids + resp.token_ids
-            offset = width - len(seq)
-            input_ids[b, offset:] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[b, offset:] = 1
+            offset = width - len(seqs[b])
             steps = split_steps(torch.tensor(resp.token_ids, dtype=torch.long), sep_mask)
             relative.append(steps)
             spans.append(absolute_step_spans(len(group.prompt_ids), steps, offset=offset))

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from attnrl_core.batching import length_micro_batches
+from attnrl_core.batching import length_micro_batches, pad_token_rows
 
 IGNORE = -100
 
@@ -37,14 +37,8 @@ def encode_demonstrations(tokenizer: PreTrainedTokenizerBase, prompts: list[str]
 
 def pad_demonstrations(encoded: list[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-padded (input_ids, attention_mask, labels) of encoded demonstrations."""
-    width = max(len(ids) for ids, _ in encoded)
-    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)  # (B, L)
-    labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)  # (B, L)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)  # (B, L)
-    for i, (ids, lab) in enumerate(encoded):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(lab)] = torch.tensor(lab)
-        mask[i, : len(ids)] = 1
+    input_ids, mask = pad_token_rows([ids for ids, _ in encoded], pad_token_id)  # (B, L) each
+    labels, _ = pad_token_rows([lab for _, lab in encoded], IGNORE)  # (B, L): labels are as long as their ids
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from attnrl_core.batching import length_micro_batches
+from attnrl_core.batching import length_micro_batches, pad_token_rows
 from attnrl_core.config import OptimConfig, TrainConfig
 from attnrl_core.errors import AttnRLError
 from attnrl_core.loss import ppo_loss
@@ -63,13 +63,8 @@ def response_logprobs(
     right-padded so positions need no shifting.
     """
     device = next(model.parameters()).device
-    seqs = [s.prompt_ids + s.response_ids for s in samples]
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)  # (B, L)
-    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, L)
-    for b, seq in enumerate(seqs):
-        input_ids[b, : len(seq)] = torch.tensor(seq)
-        attention_mask[b, : len(seq)] = 1
+    input_ids, attention_mask = pad_token_rows([s.prompt_ids + s.response_ids for s in samples], pad_token_id)  # (B, L) each
+    width = input_ids.shape[1]
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()  # (B, L, V)
     r_max = max(len(s.response_ids) for s in samples)

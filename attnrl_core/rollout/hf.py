@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
+from attnrl_core.batching import pad_token_rows
 from attnrl_core.errors import AttnRLError
 from attnrl_core.rollout import Generation, SamplingParams, resolve_budgets, resolve_counts, row_seed
 
@@ -177,12 +178,7 @@ class HFEngine:
         device = self.device
         distinct = list(dict.fromkeys(i for i, _ in rows))
         slot = {i: s for s, i in enumerate(distinct)}
-        width = max(len(prompts[i]) for i in distinct)
-        input_ids = torch.full((len(distinct), width), self.pad_token_id, dtype=torch.long)  # (U, P)
-        attention_mask = torch.zeros((len(distinct), width), dtype=torch.long)  # (U, P)
-        for s, i in enumerate(distinct):
-            input_ids[s, width - len(prompts[i]) :] = torch.tensor(prompts[i], dtype=torch.long)
-            attention_mask[s, width - len(prompts[i]) :] = 1
+        input_ids, attention_mask = pad_token_rows([prompts[i] for i in distinct], self.pad_token_id, side="left")  # (U, P) each
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         # positions count real tokens only, so a left-padded prompt sees the same RoPE phases as alone
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (U, P)
