@@ -20,9 +20,12 @@ allowed range, before any work starts.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
+import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -48,11 +51,32 @@ class _Section(BaseModel):
 
 def registered(registry: str) -> list[str]:
     """The names in a registry 'module:DICT' (branch criteria, advantage estimators, rollout
-    engines, trainer backends): the config's choices come from there, so registering a new one
-    is the decorator (or dict entry) alone. Imported on demand: the registries live with their
-    torch code, and a config is often read where torch is not needed yet."""
+    engines, trainer backends), in registration order: the config's choices come from there, so
+    registering a new one is the decorator (or dict entry) alone.
+
+    The registries live with their torch code. Once that module is imported (any run imports it)
+    its live registry answers; before that (`attnrl config`, a config check) the names are read
+    from the module's source — the names its `@register...("name")` decorators and its `DICT = {...}`
+    literal give — so that reading a config does not cost a torch import.
+
+    >>> registered("attnrl_core.advantages:ADVANTAGE_ESTIMATORS")
+    ['tree', 'grpo']
+    """
     module, attr = registry.split(":")
-    return list(getattr(importlib.import_module(module), attr))  # in registration order
+    if module in sys.modules:
+        return list(getattr(sys.modules[module], attr))
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text())
+    names: list[str] = []
+    for node in ast.walk(tree):
+        decorators = node.decorator_list if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else []
+        for dec in decorators:
+            if isinstance(dec, ast.Call) and getattr(dec.func, "id", "").startswith("register") and dec.args:
+                if isinstance(dec.args[0], ast.Constant) and isinstance(dec.args[0].value, str):
+                    names.append(dec.args[0].value)
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == attr for t in node.targets) and isinstance(node.value, ast.Dict):
+            names += [k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+    return list(dict.fromkeys(names))
 
 
 def Choice(registry: str, default: str, description: str) -> Any:

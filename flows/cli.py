@@ -22,6 +22,7 @@ own body. So `attnrl --help` loads none of the stack, `attnrl config` only the c
 from __future__ import annotations
 
 import functools
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,25 @@ def user_errors(fn):
     return wrapper
 
 
+def owns_processes(fn):
+    """For commands that start processes (Prefect's API server, workers, MLflow's UI, a vLLM
+    server, the verifier pool): everything they start ends with them, also on SIGKILL
+    (flows/reaper.py); a run stopped by SIGTERM exits with 143 and says how to continue it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from flows.reaper import Preempted, guard
+
+        guard()
+        try:
+            return fn(*args, **kwargs)
+        except Preempted as exc:
+            err.print(f"[bold yellow]stopped:[/] {exc}; the run is marked KILLED, `attnrl resume` continues it from its last checkpoint.")
+            raise typer.Exit(143) from None
+
+    return wrapper
+
+
 def _config(path: Path, overrides: list[str] | None):
     from attnrl_core.config import load_config
 
@@ -91,6 +111,7 @@ def _heldout_table(title: str, columns: dict[str, dict]) -> Table:
 
 @app.command()
 @user_errors
+@owns_processes
 def warmstart(
     config: ConfigOpt = Path(DEFAULT_CONFIG),
     set: SetOpt = None,
@@ -129,6 +150,7 @@ def _train_report(result: dict) -> None:
 
 @app.command()
 @user_errors
+@owns_processes
 def train(
     config: ConfigOpt = Path(DEFAULT_CONFIG),
     set: SetOpt = None,
@@ -146,6 +168,7 @@ def train(
 
 @app.command()
 @user_errors
+@owns_processes
 def resume(
     run: Annotated[str, typer.Argument(help="MLflow run id or run name of the training run to continue.")],
     tracking_uri: UriOpt = None,
@@ -205,6 +228,7 @@ def runs(
 
 @app.command(name="eval")
 @user_errors
+@owns_processes
 def eval_(
     model: Annotated[Optional[Path], typer.Option(help="Policy folder (save_pretrained). Default: the cached tiny base policy.")] = None,
     benchmark: Annotated[
@@ -258,6 +282,7 @@ def config_(config: ConfigOpt = Path(DEFAULT_CONFIG), set: SetOpt = None):
 
 @app.command()
 @user_errors
+@owns_processes
 def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, tracking_uri: UriOpt = None):
     """Serve the MLflow UI for the project's store on http://127.0.0.1:PORT (Ctrl-C stops it)."""
     from flows import tracking
@@ -267,12 +292,23 @@ def ui(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000, tra
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", tracking.artifact_root()]
-    out.print(f"MLflow UI on http://127.0.0.1:{port}  (store {uri})")
-    raise typer.Exit(subprocess.call(cmd))
+    # MLflow 3's UI shows its GenAI (traces) views until a browser has switched to "Model
+    # training"; this address switches it, so experiments open on their runs table
+    out.print(f"MLflow UI on http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning  (store {uri})")
+    server = subprocess.Popen(cmd)
+    # SIGTERM ends the server too (its uvicorn and job consumers carry our owner token)
+    signal.signal(signal.SIGTERM, lambda signum, frame: server.terminate())
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        code = server.wait()
+    raise typer.Exit(code)
 
 
 @app.command()
 @user_errors
+@owns_processes
 def sweep(
     config: Annotated[Path, typer.Option("--config", "-c", help="Sweep YAML (see experiments/sweeps/): base config, objective, search space.")],
     set: SetOpt = None,
@@ -316,6 +352,7 @@ def sweep(
 
 @app.command()
 @user_errors
+@owns_processes
 def compare(
     experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment whose finished training runs are compared.")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Metric to compare (default eval/heldout/avg_at_1, or the suite's).")] = None,

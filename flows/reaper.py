@@ -95,6 +95,12 @@ def guard(grace_s: float = 5.0) -> str:
 _OWNED: list[int] = []
 
 
+class Preempted(BaseException):
+    """The owner was asked to stop by SIGTERM (what Slurm, Kubernetes and Prefect workers send
+    before SIGKILL) and stopped at a safe point. A BaseException, so that no retry and no
+    `except Exception` swallows it; the CLI exits with 128 + SIGTERM = 143."""
+
+
 def _main(token: str, grace_s: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a SIGTERM for the owner's group must not stop the cleanup

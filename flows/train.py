@@ -28,6 +28,7 @@ from attnrl_core.config import Config, load_config
 from attnrl_core.evaluation import EvalReport
 from attnrl_core.render import render_trees_html
 from flows import tracking
+from flows.reaper import Preempted
 from flows.run_tracking import SENTINEL, TrainingRun
 from tasks import checkpoint as ckpt
 from tasks.branch import branch
@@ -43,17 +44,11 @@ from tasks.update import update
 EvaluationHook = Callable[[int, dict[str, float]], bool]
 
 
-class Preempted(BaseException):
-    """SIGTERM arrived (what Slurm, Kubernetes and Prefect workers send before SIGKILL): the run
-    stopped at the next safe point, a phase boundary, and is marked KILLED so that `attnrl
-    resume` continues it from its last complete checkpoint. A BaseException, so that no retry
-    and no `except Exception` swallows it."""
-
-
 @contextmanager
 def sigterm_stops_at_safe_points() -> Iterator[Callable[[], None]]:
     """While active, SIGTERM only sets a flag; the yielded `safe_point()` raises Preempted once it
-    is set. (Prefect's own handler would raise inside whichever task runs, where a retry picks
+    is set: the run stops at the next phase boundary, is marked KILLED, and `attnrl resume`
+    continues it from its last complete checkpoint. (Prefect's own handler would raise inside whichever task runs, where a retry picks
     the run up again.) Outside the main thread signals cannot be handled: SIGTERM stays as it was."""
     received: list[int] = []
 

@@ -30,6 +30,7 @@ from attnrl_core.prompt_groups import PromptGroup, from_json, to_json
 from attnrl_core.rollout import engine_class
 from attnrl_core.steps import decode_vocab, separator_mask
 from attnrl_core.trainer import TRAINERS
+from attnrl_core.verify.pool import default_workers, fallback_pool
 from tasks.phase import FaultInjector, phase_seed
 from tasks.results import BranchResult, RolloutResult
 
@@ -69,6 +70,9 @@ class TrainSession:
         self.generated_tokens = 0
         self.wall_seconds = 0.0
         self.mlflow_run_id = mlflow_run_id
+        # the verifier's math-verify workers start now, in the background: a rollout's first
+        # fallback answers must not spend their time limit waiting for them (verify/pool.py)
+        fallback_pool().warm_up(default_workers())
         # per-process bookkeeping, never checkpointed
         self.faults = FaultInjector(cfg.train.fault)
         self._snapshot: tuple[int, Any] | None = None

@@ -7,6 +7,7 @@ mlflow are imported by any test module, so no test ever touches the project's ru
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # run must equal the in-process reference), and nothing thrashes when the machine is busy.
 os.environ["OMP_NUM_THREADS"] = "1"
 
-from tests.support import FIXTURE  # noqa: E402  (after the environment above is set)
+from flows.reaper import carriers, guard  # noqa: E402  (after the environment above is set)
+from tests.support import FIXTURE  # noqa: E402
+
+# Everything the tests start carries this session's owner token: the reaper ends it when pytest
+# ends (however it ends), and the check below proves nothing was orphaned before that.
+_TOKEN = guard()
 
 @pytest.fixture(scope="session")
 def session_home() -> Path:
@@ -36,6 +42,29 @@ def _remove_session_home():
     """Leave no store behind in /tmp once the session is over."""
     yield
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_outlives_its_owner():
+    """After the whole suite: no process a test started runs on with its parent gone (a killed
+    CLI's Prefect server, a sweep worker, a UI...). Reapers of killed owners get a moment to finish."""
+    yield
+    deadline = time.monotonic() + 30
+    while True:
+        mine = set(carriers(_TOKEN)) | {os.getpid()}
+        orphans = [pid for pid in mine if pid != os.getpid() and _parent(pid) not in mine and _parent(pid) != -1]
+        if not orphans or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    described = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for pid in orphans if Path(f"/proc/{pid}").exists()}
+    assert not described, f"processes started by the tests outlived their parents: {described}"
 
 
 @pytest.fixture

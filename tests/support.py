@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -117,3 +118,22 @@ def sets(*extra: str) -> list[str]:
     for item in TRAIN_REDUCED + list(extra):
         out += ["--set", item]
     return out
+
+
+def owner_token(pid: int, timeout_s: float = 120.0) -> str:
+    """The owner token of the CLI process `pid`: the argument of the reaper it started (the
+    owner's own /proc environ is the one it was started with, before it added the token)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == pid and any(a.endswith(b"flows/reaper.py") for a in argv):
+                return argv[argv.index(next(a for a in argv if a.endswith(b"flows/reaper.py"))) + 1].decode()
+        time.sleep(0.2)
+    raise AssertionError(f"process {pid} started no reaper")

@@ -105,3 +105,21 @@ def test_tiny_tokenizer_round_trip_and_single_token_phrases(tmp_path):
     assert tok2(text, add_special_tokens=False)["input_ids"] == ids
     with pytest.raises(AttnRLError, match="model.path"):
         load_policy(tmp_path / "nowhere")
+
+
+def test_registry_names_read_without_torch_match_the_live_registries():
+    """`attnrl config` reads the choices from the registries' source (no torch import); a run
+    reads the live registries: both give the same names in the same order."""
+    import subprocess
+    import sys
+
+    from attnrl_core.advantages import ADVANTAGE_ESTIMATORS
+    from attnrl_core.branching import CRITERIA
+    from attnrl_core.rollout import ENGINES
+    from attnrl_core.trainer import TRAINERS
+
+    registries = ["attnrl_core.branching:CRITERIA", "attnrl_core.advantages:ADVANTAGE_ESTIMATORS", "attnrl_core.rollout:ENGINES", "attnrl_core.trainer:TRAINERS"]
+    code = f"import sys; from attnrl_core.config import registered; print([registered(r) for r in {registries!r}]); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[1] == "False"
+    assert out[0] == str([list(CRITERIA), list(ADVANTAGE_ESTIMATORS), list(ENGINES), list(TRAINERS)])
