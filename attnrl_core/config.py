@@ -115,7 +115,20 @@ class ModelConfig(_Section):
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of the built-in tiny policy.")
 
 
+class PivotWorldConfig(_Section):
+    check_rate: float = Field(0.3, ge=0.0, le=1.0, description="Pivot world: share of solutions that check the plan against the question before combining (a check catches a plan that left a part out).")
+    max_fillers: int = Field(2, ge=0, le=8, description="Pivot world: filler steps between the opener and the plan, 0..max_fillers (so the plan is response step 2..max_fillers+2).")
+    distractors: int = Field(1, ge=0, le=3, description="Pivot world: parts a problem defines that its question does not use.")
+    max_ops: int = Field(3, ge=2, le=4, description="Pivot world: operations per part, 2..max_ops (one routine step each).")
+
+
 class DataConfig(_Section):
+    world: Literal["arith", "pivot"] = Field(
+        "arith",
+        description="Synthetic world (data.train: synthetic): 'arith' (chained arithmetic, 2-8 steps) or 'pivot' "
+        "(11-29 steps with plan / check / combination steps pivotal by construction; attnrl_core/pivot_world.py).",
+    )
+    pivot: PivotWorldConfig = Field(default_factory=PivotWorldConfig, description="Knobs of the pivot world.")
     train: str = Field(
         "synthetic",
         description="Training problems: 'synthetic' (the embedded step-by-step arithmetic world) or a "

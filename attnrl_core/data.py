@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -86,6 +86,9 @@ class Problem:
     answer: str
     level: int | None = None
     solution: str | None = None
+    # 1-based indices of the solution's pivotal steps, where a world knows them by construction
+    # (attnrl_core/pivot_world.py); None elsewhere.
+    pivotal_steps: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -363,6 +366,17 @@ def heldout_set(
     ([1, 1, 2, 2, 3, 3, 4, 4], True)
     """
     levels = _validate_levels(levels)
+    return distinct_heldout(
+        n, levels, lambda index: problem_at(index, seed=seed, levels=levels, split="heldout", world=world), draws_per_problem
+    )
+
+
+def distinct_heldout(
+    n: int, levels: tuple[int, ...], heldout_at: Callable[[int], Problem], draws_per_problem: int = 50
+) -> list[Problem]:
+    """The first n distinct problems of a held-out stream `heldout_at(index)` whose level is
+    levels[index % len(levels)], n // len(levels) per level (the first levels one more): the
+    selection rule of `heldout_set`, shared by every synthetic world."""
     if len(set(levels)) != len(levels):
         raise AttnRLError(f"data: heldout_set needs distinct levels, got {levels!r}.")
     quota = {level: n // len(levels) + (k < n % len(levels)) for k, level in enumerate(levels)}
@@ -372,7 +386,7 @@ def heldout_set(
         level = levels[index % len(levels)]
         if quota[level] == 0:
             continue
-        candidate = problem_at(index, seed=seed, levels=levels, split="heldout", world=world)
+        candidate = heldout_at(index)
         if candidate.problem in seen:
             continue
         seen.add(candidate.problem)
@@ -386,6 +400,14 @@ def heldout_set(
         f"(level: count). Those levels have too few distinct problems in the held-out split: "
         f"ask for fewer, raise number_max for those levels, or raise heldout_fraction."
     )
+
+
+def synthetic_heldout(data_cfg) -> list[Problem]:
+    """The held-out set of the data config section's world (`data.world`): data.heldout_size
+    problems at data.levels, seeded by data.seed."""
+    from attnrl_core.worlds import world_for  # worlds imports this module
+
+    return world_for(data_cfg).heldout_set(data_cfg.heldout_size, levels=data_cfg.levels, seed=data_cfg.seed)
 
 
 def make_demonstration(
@@ -599,7 +621,8 @@ def load_benchmark(path: str | Path) -> list[Problem]:
 class ProblemStream:
     """The training problems as an endless stream read through a cursor (the checkpoint keeps it).
 
-    Synthetic (`data.train: synthetic`): problem i is a function of (data.seed, i). A file: epoch
+    Synthetic (`data.train: synthetic`, world `data.world`): problem i is a function of
+    (data.seed, i). A file: epoch
     e is a permutation of the file seeded by (data.seed, e). Problems that `fits` rejects (a
     prompt longer than data.max_prompt_tokens) are skipped. Reading does not move the cursor:
     the caller commits the returned one when its iteration completes, so a retried phase reads
@@ -613,14 +636,17 @@ class ProblemStream:
     """
 
     def __init__(self, cfg, fits=lambda problem: True, cursor: int = 0) -> None:
+        from attnrl_core.worlds import world_for  # worlds imports this module
+
         self.cfg = cfg  # the data config section
         self.fits = fits
         self.cursor = cursor  # index of the next problem of the stream
         self.pool = None if cfg.train == "synthetic" else load_problems(cfg.train)
+        self.world = world_for(cfg)  # data.world: which synthetic world
 
     def _at(self, index: int) -> Problem:
         if self.pool is None:
-            return problem_at(index, seed=self.cfg.seed, levels=self.cfg.levels)
+            return self.world.problem_at(index, seed=self.cfg.seed, levels=self.cfg.levels)
         epoch, offset = divmod(index, len(self.pool))
         order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.pool))
         return self.pool[int(order[offset])]

@@ -67,7 +67,8 @@ def policy_samples(groups: Sequence[PromptGroup], estimator: str) -> BatchSample
 
 def batch_statistics(groups: Sequence[PromptGroup], batch: BatchSamples) -> dict[str, float]:
     """The training batch's diagnostics (docs/method.md §5-6): leaf reward, the share of prompts
-    all correct / all wrong before branching and kept after the all-agree drop, sequences and
+    all correct / all wrong before branching (solve_all / solve_none) and after it (every leaf
+    of the tree: solve_all_after / solve_none_after), kept after the all-agree drop, sequences and
     valid sequences (any non-zero advantage), the valid-token ratio and the leaves per tree.
 
     >>> from attnrl_core.prompt_groups import Response
@@ -96,4 +97,11 @@ def batch_statistics(groups: Sequence[PromptGroup], batch: BatchSamples) -> dict
     }
     if leaves:
         stats["tree/leaves_per_prompt"] = sum(leaves) / len(leaves)
+    # after branching: all leaves of a prompt (its initial responses and continuations) right / wrong
+    outcomes = [
+        [n.reward for n in tree.nodes if n.reward is not None] if tree is not None else [r.reward for r in g.responses]
+        for g, tree in zip(groups, batch.trees)
+    ]
+    stats["tree/solve_all_after_ratio"] = sum(all(r == 1.0 for r in o) for o in outcomes) / len(groups)
+    stats["tree/solve_none_after_ratio"] = sum(all(r == 0.0 for r in o) for o in outcomes) / len(groups)
     return stats

@@ -19,9 +19,9 @@ from prefect import flow
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from attnrl_core import data
 from attnrl_core.config import Config, load_config
 from attnrl_core.policy import load_policy
+from attnrl_core.worlds import world_for
 from flows import RUNS_DIR, tracking
 from tasks.evaluate import HELDOUT, evaluate_policy
 from tasks.warmstart import train_base
@@ -30,17 +30,25 @@ from tasks.warmstart import train_base
 RECIPE_VERSION = 1
 
 
+# The same for the pivot world (attnrl_core/pivot_world.py); it enters only that world's keys.
+PIVOT_RECIPE_VERSION = 1
+
+
 def cache_key(cfg: Config) -> str:
-    blob = json.dumps(
-        {
-            "tiny": cfg.model.tiny.model_dump(),
-            "warmstart": cfg.warmstart.model_dump(),
-            "levels": cfg.data.levels,
-            "phrases": list(data.PHRASES),
-            "recipe": RECIPE_VERSION,
-        },
-        sort_keys=True,
-    )
+    """16 hex digits over what shapes the base. The arithmetic world's key is what it was before
+    there were other worlds (same fields, same phrases); another world adds its name, its knobs,
+    its phrases and its recipe version."""
+    world = world_for(cfg.data)
+    fields = {
+        "tiny": cfg.model.tiny.model_dump(),
+        "warmstart": cfg.warmstart.model_dump(),
+        "levels": cfg.data.levels,
+        "phrases": list(world.phrases),
+        "recipe": RECIPE_VERSION,
+    }
+    if world.name == "pivot":
+        fields.update({"world": world.name, "world_knobs": cfg.data.pivot.model_dump(), "world_recipe": PIVOT_RECIPE_VERSION})
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -1,13 +1,16 @@
 """Branch phase: plan branch points (exploration + criterion), continue them when on-policy, and
-turn the training batch's trees into PPO samples."""
+turn the training batch's trees into PPO samples. In a world that knows its pivotal steps
+(data.world: pivot) it also logs how often the planned points hit them (attnrl_core/pivots.py)."""
 
 from __future__ import annotations
 
 from attnrl_core.branch_plan import plan_branches
+from attnrl_core.pivots import pivot_hit_rates
 from attnrl_core.ppo_samples import batch_statistics, policy_samples
 from attnrl_core.prompt_groups import attach_continuations, continuation_requests, continuation_targets
 from attnrl_core.rewards import assign_rewards
 from attnrl_core.rollout import SamplingParams
+from attnrl_core.worlds import world_for
 from tasks.phase import phase_task
 from tasks.results import BranchResult, RolloutResult
 from tasks.session import TrainSession
@@ -31,6 +34,9 @@ def branch(s: TrainSession, iteration: int, rolled: RolloutResult) -> BranchResu
                 "fci/running_mean": float(running_mean.mean or 0.0),
             }
         )
+        world = world_for(cfg.data)
+        if world.step_kinds is not None and cfg.data.train == "synthetic":  # a world that knows its pivotal steps
+            metrics.update(pivot_hit_rates(rolled.to_plan, world.step_kinds, world.pivotal_kinds, s.vocab_texts))
     generated = 0
     if cfg.pipeline == "on_policy" and rolled.current and cfg.branches:
         requests = continuation_requests(rolled.current, cfg.data.max_response_tokens)

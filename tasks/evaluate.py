@@ -20,7 +20,7 @@ HELDOUT = "heldout"
 def benchmark_problems(cfg: Config, name: str) -> list:
     """'heldout' = the fixed synthetic held-out set; anything else is a benchmark file path."""
     if name == HELDOUT:
-        return data.heldout_set(cfg.data.heldout_size, levels=cfg.data.levels, seed=cfg.data.seed)
+        return data.synthetic_heldout(cfg.data)  # the held-out set of data.world
     return data.load_benchmark(name)
 
 

@@ -16,20 +16,23 @@ from attnrl_core import data
 from attnrl_core.config import Config
 from attnrl_core.policy import build_tokenizer, count_parameters, init_tiny_policy
 from attnrl_core.sft import train_sft
+from attnrl_core.worlds import world_for
 
 
 def demonstration_batches(cfg: Config):
-    """Endless (prompts, demonstrations) batches: problem i of the warm-start stream is fixed by
-    (warmstart.seed, i), and the flaw draw by a generator seeded the same way."""
+    """Endless (prompts, demonstrations) batches of the config's world (data.world): problem i of
+    the warm-start stream is fixed by (warmstart.seed, i), and the flaw draw by a generator seeded
+    the same way."""
     ws = cfg.warmstart
+    world = world_for(cfg.data)
     rng = np.random.default_rng(ws.seed)
     cursor = 0
     while True:
-        problems = data.generate_problems(ws.batch_size, levels=cfg.data.levels, seed=ws.seed, split="train", start=cursor)
+        problems = world.generate_problems(ws.batch_size, levels=cfg.data.levels, seed=ws.seed, split="train", start=cursor)
         cursor += ws.batch_size
         yield (
             [data.format_prompt(p.problem) for p in problems],
-            [data.make_demonstration(p, ws.flaw, ws.flaw_levels, rng=rng) for p in problems],
+            [world.make_demonstration(p, ws.flaw, ws.flaw_levels, rng=rng) for p in problems],
         )
 
 
@@ -42,7 +45,7 @@ def train_base(cfg_json: dict, out_dir: str, on_step: Callable[[int, float, floa
     """
     cfg = Config.model_validate(cfg_json)
     ws = cfg.warmstart
-    tokenizer = build_tokenizer(data.PHRASES)
+    tokenizer = build_tokenizer(world_for(cfg.data).phrases)  # the world's phrases are single tokens
     model = init_tiny_policy(cfg.model.tiny, tokenizer, seed=ws.seed)
     losses = train_sft(
         model, tokenizer, demonstration_batches(cfg), ws.steps, ws.lr, ws.warmup_steps, ws.weight_decay, on_step=on_step,
