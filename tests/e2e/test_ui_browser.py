@@ -93,8 +93,10 @@ def test_runs_page_run_page_and_tree_page_in_a_real_browser(two_runs, tmp_path):
         assert "eval/heldout/avg_at_1" in run_page and "actor/pg_loss" in run_page
         _screenshot(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics?{ml}", tmp_path / "run.png", tmp_path)
 
-        # our tree page, as the UI serves the artifact
-        tree_url = f"{base}/get-artifact?path=trees/iter_00002.html&run_uuid={run_id}"
+        # our tree page: the run's artifact, opened in the browser (the UI's artifact endpoint
+        # sends it as a download)
+        tree_file = Path(client.download_artifacts(run_id, "trees/iter_00002.html", str(tmp_path)))
+        tree_url = tree_file.as_uri()
         tree_page, console = _dom(tree_url, tmp_path, budget_ms=3000)
         assert "<h1>" in tree_page and "FCI" in tree_page
         assert 'class="step bp"' in tree_page, "branch points are marked"
