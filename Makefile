@@ -57,7 +57,7 @@ sweep: $(STAMP)
 # The paper's Table 2 rows + GRPO, random and earliest branching, each over the suite's seeds:
 # trains what has no finished run yet, then prints the table and writes the plots.
 ablations: $(STAMP)
-	$(VENV)/bin/attnrl compare --suite experiments/ablations/suite.yaml
+	$(VENV)/bin/attnrl compare --suite experiments/ablations/suite.yaml --workers 2
 
 ui: $(STAMP)
 	$(VENV)/bin/attnrl ui

@@ -361,19 +361,36 @@ def compare(
     ] = None,
     seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="With --suite: these seeds instead of the suite's (repeatable).")] = None,
     set: SetOpt = None,
+    workers: Annotated[int, typer.Option(min=1, help="With --suite: training runs at a time, each a process with cores / K threads.")] = 1,
+    baseline: Annotated[
+        Optional[str], typer.Option(help="A method / ablation to pair the others with over shared seeds: difference, 95% interval, p, verdict.")
+    ] = None,
     minimize: Annotated[bool, typer.Option(help="Lower is better (the 'best' column takes the minimum).")] = False,
-    at: Annotated[Optional[list[int]], typer.Option("--at", help="Also show the metric at this iteration, mean ± std over the seeds (repeatable).")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG plots and the CSV/JSON table (default runs/compare/<experiment>).")] = None,
+    at: Annotated[Optional[list[int]], typer.Option("--at", help="Also show the metric at this iteration, mean [95% interval] over the seeds (repeatable).")] = None,
+    budgets: Annotated[int, typer.Option(min=0, help="Token budgets to compare at: spread over the generated tokens every run covers (0: none).")] = 3,
+    interval: Annotated[
+        str, typer.Option(help="Interval of a mean over seeds: auto (t, or the percentile bootstrap for 5-29 highly skewed seeds), t or bootstrap.")
+    ] = "auto",
+    min_effect: Annotated[
+        float, typer.Option(min=0.0, help="Smallest difference worth detecting, in the metric's units (0.01 = 1 point of a rate): sizes the seeds a verdict asks for.")
+    ] = 0.01,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG plots, CSV/JSON tables and report.html (default runs/compare/<experiment>).")] = None,
     tracking_uri: UriOpt = None,
     quiet: QuietOpt = False,
 ):
-    """Table (mean ± std over seeds per method or ablation: final, best) and PNG plots against
-    iterations, generated tokens and wall-clock; all logged to a 'compare' MLflow run."""
+    """Table (mean and 95% interval over seeds per method or ablation: final, best; and at equal
+    generated tokens), paired differences and verdicts against --baseline, and PNG plots against
+    iterations, generated tokens and wall-clock; all logged to a 'compare' MLflow run, with one
+    self-contained report.html."""
     from flows.compare import compare as compare_runs
-    from flows.compare import load_suite
+    from flows.compare import fmt_diff, fmt_interval, fmt_p, fmt_value, load_suite, tokens_label
 
     if (experiment is None) == (suite is None):
         raise AttnRLError("Give exactly one of --experiment NAME (compare its runs) or --suite FILE (run the suite, then compare it).")
+    if workers > 1 and suite is None:
+        raise AttnRLError("--workers goes with --suite (it trains the suite's runs K at a time).")
+    if interval not in ("auto", "t", "bootstrap"):
+        raise AttnRLError(f"--interval takes auto, t or bootstrap, got {interval!r}.")
     at = sorted(dict.fromkeys(at or []))  # (`set` is the --set option here)
     if any(k < 0 for k in at):
         raise AttnRLError(f"--at takes iterations >= 0 (0 = the base evaluation), got {min(at)}.")
@@ -381,46 +398,69 @@ def compare(
     if suite is not None:
         spec, _, experiment = load_suite(suite, seeds, set)  # validate before any work
         metric = metric or spec.metric
-        _quiet_libraries()
         from flows.compare import ablations_flow
 
-        done = ablations_flow(str(suite), seeds, set or [], tracking_uri=tracking_uri, quiet=quiet)
+        done = ablations_flow(str(suite), seeds, set or [], tracking_uri=tracking_uri, quiet=quiet, workers=workers)
         failed = done["failed"]
-    result = compare_runs(
-        experiment, metric or "eval/heldout/avg_at_1", tracking_uri=tracking_uri, out_dir=out_dir, direction="minimize" if minimize else "maximize", at=at
-    )
-    rows = result["rows"]
-    # rates (accuracies) print as percentages, like the other tables: the table then fits 80 columns
-    values = ["final_mean", "final_std", "best_mean", "best_std", *(f"at_{k}_{part}" for k in at for part in ("mean", "std"))]
-    rate = all(r[k] is None or 0.0 <= r[k] <= 1.0 for r in rows for k in values)
-    scale = 100.0 if rate else 1.0
-    table = Table(title=f"{experiment}: {metric or 'eval/heldout/avg_at_1'}{' in %' if rate else ''}, mean ± std over seeds", box=box.SIMPLE)
-    table.add_column("method / ablation", overflow="fold", min_width=12)  # long ablation names wrap, numbers never do
+    metric = metric or "eval/heldout/avg_at_1"
+    failures = "These suite runs failed: " + "; ".join(f"{f['ablation']} seed {f['seed']}: {f['error']}" for f in failed)
+    try:
+        result = compare_runs(
+            experiment, metric, tracking_uri=tracking_uri, out_dir=out_dir, direction="minimize" if minimize else "maximize", at=at,
+            baseline=baseline, interval=interval, min_effect=min_effect, budgets=budgets,  # type: ignore[arg-type]
+        )
+    except AttnRLError as exc:
+        raise AttnRLError(f"{exc} {failures}" if failed else str(exc)) from None
+    rows, rate = result["rows"], result["rate"]  # rate: every value in [0, 1], shown in % like the other tables
+
+    def table_of(title: str, max_name: int | None = None) -> Table:
+        table = Table(title=title, box=box.SIMPLE, collapse_padding=True, pad_edge=False)
+        table.add_column("method / ablation", overflow="fold", min_width=12, max_width=max_name)  # long names wrap, numbers never do
+        return table
+
+    # 80 columns hold each table; each --at column needs ~18 more (wider than a terminal wraps,
+    # narrower would cut numbers)
+    main = table_of(f"{experiment}: {metric}{' in %' if rate else ''}, mean [95% interval] over seeds")
     for col in ("n", "base", *(f"it {k}" for k in at), "final", "best", "tokens", "wall s"):
-        table.add_column(col, justify="right", no_wrap=True)
-
-    def pm(mean: float, std: float, n: int) -> str:
-        digits = 2 if rate else 4
-        return f"{scale * mean:.{digits}f}" + (f"±{scale * std:.{digits}f}" if n > 1 else "")
-
+        main.add_column(col, justify="right", no_wrap=True)
     for r in rows:
-        base = "-" if r["base_mean"] is None else f"{scale * r['base_mean']:.{2 if rate else 4}f}"
-        at_cells = ["-" if r[f"at_{k}_mean"] is None else pm(r[f"at_{k}_mean"], r[f"at_{k}_std"], r[f"at_{k}_runs"]) for k in at]
-        table.add_row(
-            r["group"], str(r["runs"]), base, *at_cells, pm(r["final_mean"], r["final_std"], r["runs"]), pm(r["best_mean"], r["best_std"], r["runs"]),
+        main.add_row(
+            r["group"], str(r["runs"]), fmt_value(r["base_mean"], rate),
+            *(fmt_interval(r[f"at_{k}_mean"], r[f"at_{k}_low"], r[f"at_{k}_high"], rate) for k in at),
+            fmt_interval(r["final_mean"], r["final_low"], r["final_high"], rate), fmt_interval(r["best_mean"], r["best_low"], r["best_high"], rate),
             f"{r['tokens_mean'] / 1000:.1f}k", f"{r['wall_s_mean']:.0f}",
         )
-    # 80 columns hold the base table; each --at column needs ~12 more (wider than a terminal
-    # wraps, narrower would cut numbers)
+    tables = [main]
+    if result["budgets"]:
+        tokens = table_of("at equal generated tokens (interpolated): mean [95% interval]")
+        for b in result["budgets"]:
+            tokens.add_column(f"{tokens_label(b)} tok", justify="right", no_wrap=True)
+        for r in rows:
+            tokens.add_row(r["group"], *(fmt_interval(r[f"tok_{b:.0f}_mean"], r[f"tok_{b:.0f}_low"], r[f"tok_{b:.0f}_high"], rate) for b in result["budgets"]))
+        tables.append(tokens)
+    if baseline:
+        paired = table_of(f"minus {baseline}, paired over shared seeds{' (in points)' if rate else ''}", max_name=14)  # room for the verdicts
+        for col in ("at", "n", "diff ±95%", "p"):
+            paired.add_column(col, justify="left" if col == "at" else "right", no_wrap=True)
+        paired.add_column("verdict", overflow="fold", ratio=1)
+        for i, p in enumerate(result["paired"]):
+            first = i == 0 or result["paired"][i - 1]["group"] != p["group"]
+            last = i == len(result["paired"]) - 1 or result["paired"][i + 1]["group"] != p["group"]
+            paired.add_row(
+                p["group"] if first else "", p["at"], str(p["pairs"]), fmt_diff(p["diff_mean"], p["diff_low"], p["diff_high"], rate), fmt_p(p["p"]),
+                p["verdict"], end_section=last,
+            )
+        tables.append(paired)
     width = out.width
-    out.width = max(width, 80 + 12 * len(at))
+    out.width = max(width, 80 + 18 * len(at))
     try:
-        out.print(table)
+        for table in tables:
+            out.print(table)
     finally:
         out.width = width
-    out.print(f"plots and table: {result['out_dir']}  (MLflow run {result['mlflow_run_id']})")
+    out.print(f"plots, tables and report.html: {result['out_dir']}  (MLflow run {result['mlflow_run_id']})")
     if failed:
-        raise AttnRLError("These suite runs failed (the others are compared above): " + "; ".join(f"{f['ablation']} seed {f['seed']}: {f['error']}" for f in failed))
+        raise AttnRLError(failures.replace("failed:", "failed (the others are compared above):", 1))
 
 
 if __name__ == "__main__":
