@@ -26,6 +26,8 @@ import importlib
 import importlib.util
 import json
 import sys
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -136,10 +138,6 @@ class DataConfig(_Section):
     )
     levels: list[int] = Field([1, 2, 3, 4], min_length=1, description="Difficulty levels (number of operations) of the synthetic world.")
     heldout_size: int = Field(2000, ge=1, description="Held-out synthetic problems for evaluation (balanced across levels).")
-    benchmarks: list[str] = Field(
-        default_factory=list,
-        description="Extra benchmark files (JSONL/Parquet with problem, answer) evaluated next to the held-out set.",
-    )
     max_prompt_tokens: int = Field(96, ge=1, description="Prompts longer than this (in tokens) are skipped with a warning.")
     max_response_tokens: int = Field(160, ge=1, description="Response length limit in tokens (initial samples and prefix+continuation).")
     seed: int = Field(0, description="Seed of the synthetic problem stream (problem i depends on this seed and i only).")
@@ -261,10 +259,136 @@ class TrainConfig(_Section):
     )
 
 
+HELDOUT = "heldout"  # the name of the synthetic held-out set among the benchmark sets
+_METRIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MEAN = "mean"  # eval/mean/<metric>: the objective's mean over several benchmarks
+
+
+class BenchmarkSet(_Section):
+    """One benchmark set of `eval.benchmarks`: where its problems come from and how it is sampled.
+    A plain string is a set with that source and the eval section's sampling."""
+
+    source: str = Field(
+        HELDOUT,
+        min_length=1,
+        description="'heldout' (the synthetic held-out set: data.heldout_size problems at data.levels) or a JSONL/Parquet "
+        "file with problem, answer[, level] (AIME / AMC / MATH-500 / CHAMP spellings accepted; `attnrl data` writes some). "
+        "A relative path is read from the working directory.",
+    )
+    name: str | None = Field(
+        None, description="Its name in metrics and tables (eval/<name>/avg_at_K); null = 'heldout' or the file's stem (aime24.jsonl -> aime24)."
+    )
+    samples: int | None = Field(None, ge=1, description="K: samples per problem for avg@K and pass@K; null = eval.samples (the paper: 32 on AIME/AMC, 4 on the others).")
+    temperature: float | None = Field(None, ge=0.0, description="Sampling temperature (0 = greedy); null = eval.temperature.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass; null = eval.top_p.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Response length limit in tokens; null = eval.max_new_tokens (32,768 in the paper).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+    @property
+    def key(self) -> str:
+        """The set's metric-safe name: `name`, else 'heldout' or the file's stem."""
+        if self.name:
+            return self.name
+        return HELDOUT if self.source == HELDOUT else Path(self.source).stem
+
+    def resolved(self, defaults: "EvalConfig") -> "BenchmarkSet":
+        """This set with every null sampling setting filled from the eval section."""
+        return self.model_copy(
+            update={
+                "name": self.key,
+                "samples": self.samples if self.samples is not None else defaults.samples,
+                "temperature": self.temperature if self.temperature is not None else defaults.temperature,
+                "top_p": self.top_p if self.top_p is not None else defaults.top_p,
+                "max_new_tokens": self.max_new_tokens if self.max_new_tokens is not None else defaults.max_new_tokens,
+            }
+        )
+
+
+class ObjectiveConfig(_Section):
+    """What 'better' means for a run: one benchmark's metric or the mean over several. A plain
+    string names one benchmark, a list several."""
+
+    benchmarks: list[str] = Field(
+        default_factory=list,
+        description="Names (see eval.benchmarks[].name) of the benchmark sets whose metric decides; the mean over them when "
+        "several (the paper's 'Avg' column); empty = the first of eval.benchmarks.",
+    )
+    metric: Literal["avg", "pass"] = Field("avg", description="avg@K (mean accuracy over a problem's K samples) or the unbiased pass@K.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"benchmarks": [value]}
+        if isinstance(value, list):
+            return {"benchmarks": value}
+        return value
+
+
 class EvalConfig(_Section):
-    samples: int = Field(1, ge=1, description="K: samples per problem for avg@K and pass@K.")
-    temperature: float = Field(0.0, ge=0.0, description="Evaluation temperature (0 = greedy; 0.6 at paper scale).")
-    max_new_tokens: int = Field(160, ge=1, description="Evaluation response length limit.")
+    benchmarks: list[BenchmarkSet] = Field(
+        default_factory=lambda: [BenchmarkSet()],
+        min_length=1,
+        description="The benchmark sets evaluated every train.eval_every iterations and by `attnrl eval`, each a source "
+        "('heldout' or a file) with optional samples / temperature / top_p / max_new_tokens of its own, e.g. "
+        "[heldout, {source: data/aime24.jsonl, samples: 32}].",
+    )
+    samples: int = Field(1, ge=1, description="K: samples per problem for avg@K and pass@K, for sets that do not set their own.")
+    temperature: float = Field(0.0, ge=0.0, description="Evaluation temperature (0 = greedy; 0.6 at paper scale), for sets that do not set their own.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Evaluation nucleus mass, for sets that do not set their own.")
+    max_new_tokens: int = Field(160, ge=1, description="Evaluation response length limit, for sets that do not set their own.")
+    objective: ObjectiveConfig = Field(
+        default_factory=ObjectiveConfig,
+        description="The metric that picks the best checkpoint, shows in the progress bar and the final table, and is a "
+        "sweep's (and compare's) default objective: a benchmark name, a list of names (their mean), or {benchmarks, metric}.",
+    )
+    progress_rows: int = Field(
+        256, ge=1, description="Sequences generated per engine call while evaluating (problems x decoded samples; greedy "
+        "decodes one per problem): the progress bar moves once per call. On the hf engine keep it a multiple of "
+        "rollout.max_batch_size (the default equals it), so calls cut no generation micro-batch differently."
+    )
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> "EvalConfig":
+        keys = [b.key for b in self.benchmarks]
+        for key in keys:
+            if not _METRIC_NAME.match(key):
+                raise ValueError(f"benchmark name {key!r} is not metric-safe: use letters, digits, '_', '.', '-' (set eval.benchmarks[].name)")
+        if MEAN in keys:
+            raise ValueError(f"no benchmark may be named {MEAN!r}: eval/{MEAN}/... holds the objective's mean (set eval.benchmarks[].name)")
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"two benchmark sets share the name {duplicates[0]!r}: give one a name of its own (eval.benchmarks[].name)")
+        unknown = [b for b in self.objective.benchmarks if b not in keys]
+        if unknown:
+            raise ValueError(f"eval.objective names {unknown[0]!r}, which is not one of the benchmark sets {keys}")
+        return self
+
+    def sets(self) -> list[BenchmarkSet]:
+        """Every benchmark set with its sampling settings filled in (`resolved`)."""
+        return [b.resolved(self) for b in self.benchmarks]
+
+    def objective_sets(self) -> list[BenchmarkSet]:
+        """The resolved sets whose metric makes up the objective."""
+        chosen = self.objective.benchmarks or [self.benchmarks[0].key]
+        return [b for b in self.sets() if b.key in chosen]
+
+    def objective_metric(self) -> str:
+        """The MLflow metric name of the objective.
+
+        >>> EvalConfig().objective_metric()
+        'eval/heldout/avg_at_1'
+        >>> EvalConfig(benchmarks=["a.jsonl", {"source": "b.jsonl", "samples": 4}], objective=["a", "b"]).objective_metric()
+        'eval/mean/avg'
+        """
+        sets = self.objective_sets()
+        if len(sets) == 1:
+            return f"eval/{sets[0].key}/{self.objective.metric}_at_{sets[0].samples}"
+        return f"eval/{MEAN}/{self.objective.metric}"
 
 
 class VerifyConfig(_Section):
@@ -293,6 +417,20 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Iterations, evaluation, checkpoints, retries.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation sampling.")
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="The answer verifier (docs/method.md §9).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_data_benchmarks(cls, value: Any) -> Any:
+        """Configs (and checkpoints) written before eval.benchmarks listed extra files in
+        data.benchmarks, evaluated after the held-out set: read them that way."""
+        if isinstance(value, dict) and isinstance(value.get("data"), dict) and "benchmarks" in value["data"]:
+            value = {**value, "data": dict(value["data"])}
+            extra = value["data"].pop("benchmarks")
+            if extra:
+                section = dict(value.get("eval") or {})
+                section["benchmarks"] = list(section.get("benchmarks") or [HELDOUT]) + list(extra)
+                value["eval"] = section
+        return value
 
     @property
     def branches(self) -> bool:
@@ -383,6 +521,9 @@ def _field_info(loc: tuple) -> Any:
     model: Any = Config
     info = None
     for part in loc:
+        if isinstance(part, int) and get_origin(model) is list and get_args(model):
+            model = get_args(model)[0]  # an item of a list of sections (eval.benchmarks.0.samples)
+            continue
         if not isinstance(part, str) or not (isinstance(model, type) and issubclass(model, BaseModel)):
             break
         info = model.model_fields.get(part)
@@ -434,6 +575,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw: dict = read_yaml_mapping(Path(path)) if path is not None else {}
     for text in overrides:
         raw = _deep_merge(raw, parse_override(text))
+    raw = expand_environment(raw)
     method = raw.get("method", "attnrl")
     preset = METHOD_PRESETS.get(method, {}) if isinstance(method, str) else {}
     merged = _deep_merge(preset, raw)
@@ -444,6 +586,81 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return Config.model_validate(merged)
     except ValidationError as exc:
         raise AttnRLError(validation_message(exc, source)) from None
+
+
+def objective_metric(cfg: Config) -> str:
+    """The MLflow metric that ranks runs of `cfg` (eval.objective): what picks the best
+    checkpoint, a sweep's default objective and compare's default metric. Every training run
+    also carries it as its tag `objective_metric`.
+
+    >>> objective_metric(load_config(None))
+    'eval/heldout/avg_at_1'
+    """
+    return cfg.eval.objective_metric()
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_environment(tree: Any, where: str = "") -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string value by the environment's value; an
+    unset variable without a default fails naming the field.
+
+    >>> os.environ["ATTNRL_DOCTEST_DATA"] = "/data/train.parquet"
+    >>> expand_environment({"data": {"train": "${ATTNRL_DOCTEST_DATA}", "seed": 0}, "model": {"path": "${NO_SUCH_VAR_X:-m}"}})
+    {'data': {'train': '/data/train.parquet', 'seed': 0}, 'model': {'path': 'm'}}
+    """
+    if isinstance(tree, dict):
+        return {k: expand_environment(v, f"{where}.{k}" if where else str(k)) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [expand_environment(v, f"{where}[{i}]") for i, v in enumerate(tree)]
+    if not isinstance(tree, str) or "${" not in tree:
+        return tree
+
+    def value(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise AttnRLError(
+            f"Config field '{where}' = {tree!r} needs the environment variable {name}, which is not set: "
+            f"export {name}=... or give the field directly with --set {where}=... ."
+        )
+
+    return _ENV_REFERENCE.sub(value, tree)
+
+
+def check_inputs(cfg: Config, model_path: str | None = None, train_data: bool = True) -> None:
+    """Fail at once, naming the field, when a file the run will read is not there: the training
+    data (data.train, unless not `train_data`), each benchmark file (eval.benchmarks), a local
+    model folder (model.path, or `model_path` in its place) without config.json or weights. A hub
+    id is left to the loader (it may be in the local cache)."""
+    if train_data and cfg.data.train != "synthetic" and not Path(cfg.data.train).is_file():
+        raise AttnRLError(
+            f"data.train = {cfg.data.train!r}: no such file (resolved to {Path(cfg.data.train).resolve()}). Point it at a "
+            "DeepScaleR-style .jsonl/.parquet file (fields problem, answer), or 'synthetic'."
+        )
+    for i, b in enumerate(cfg.eval.benchmarks):
+        if b.source != HELDOUT and not Path(b.source).is_file():
+            raise AttnRLError(
+                f"eval.benchmarks[{i}].source = {b.source!r}: no such file (resolved to {Path(b.source).resolve()}). "
+                "Give a .jsonl/.parquet benchmark file (`attnrl data gsm8k` writes one) or 'heldout'."
+            )
+    path = model_path or cfg.model.path
+    if path and (path.startswith((".", "/", "~")) or Path(path).exists()):
+        folder = Path(path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise AttnRLError(
+                f"model.path = {path!r} is not a model folder (no config.json there): point it at a folder written by "
+                "save_pretrained (`make real-model` writes models/smollm2-135m-instruct), a hub id, or null for the tiny policy."
+            )
+        weights = [p for pattern in ("*.safetensors", "*.bin", "*.pt") for p in folder.glob(pattern)]
+        if not weights:
+            raise AttnRLError(
+                f"model.path = {path!r} holds config.json but no weights (*.safetensors / *.bin): the folder is incomplete; "
+                "write it again with save_pretrained (or `make real-model`)."
+            )
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
@@ -475,6 +692,9 @@ def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[t
             kind = " | ".join(str(choice) for choice in get_args(ann))
         elif registry:
             kind = " | ".join(registered(registry))
+        elif get_origin(ann) is list and get_args(ann) and isinstance(get_args(ann)[0], type) and issubclass(get_args(ann)[0], BaseModel):
+            item = get_args(ann)[0]  # e.g. eval.benchmarks: each item's fields are documented on its class
+            kind = f"list of {{{', '.join(item.model_fields)}}} ({item.__name__}) or strings"
         else:
             kind = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
         rng = _describe_range(info)

@@ -14,7 +14,7 @@ from math import comb
 from typing import Callable, Sequence
 
 from attnrl_core.policy import encode_prompt
-from attnrl_core.rollout import RolloutEngine, SamplingParams
+from attnrl_core.rollout import RolloutEngine, SamplingParams, row_seed
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -50,6 +50,7 @@ class EvalReport:
     pass_k: float
     by_level: dict[int, LevelReport] = field(default_factory=dict)
     samples: list[tuple[str, str, bool]] = field(default_factory=list)  # a few (prompt, response, correct) for people
+    generated_tokens: int = 0  # tokens the engine generated for this report
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat metric names as tracked ('@' is not allowed in MLflow names, hence '_at_'):
@@ -81,6 +82,20 @@ def summarize(rows: Sequence[Scored], k: int) -> EvalReport:
     return EvalReport(k=k, problems=len(rows), avg=avg, pass_k=pk, by_level=by_level)
 
 
+# called after each engine call of an evaluation with (problems done, problems in all, tokens generated so far)
+ProgressCallback = Callable[[int, int, int], None]
+
+
+def chunk_seed(seed: int, start: int) -> int:
+    """Seed of the engine call that starts at problem `start`: the evaluation's own seed for
+    the first (so a one-call evaluation samples exactly as before), a mixed one for the others.
+
+    >>> chunk_seed(7, 0), chunk_seed(7, 256) != chunk_seed(7, 512)
+    (7, True)
+    """
+    return seed if start == 0 else row_seed(seed, start, 1)
+
+
 def evaluate(
     engine: RolloutEngine,
     tokenizer,
@@ -92,27 +107,61 @@ def evaluate(
     verify_batch: Callable[[list[str], list[str]], list[bool]],
     format_prompt: Callable[[str], str],
     keep_examples: int = 8,
+    top_p: float = 1.0,
+    rows_per_call: int | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> EvalReport:
     """Sample `samples` responses per problem, verify them, and summarise.
 
     `problems` are objects with `.problem`, `.answer` and `.level` (None for benchmark files).
+    The problems go to the engine in calls of about `rows_per_call` decoded sequences (greedy
+    decodes one per problem, sampling `samples`); None = one call. `on_progress(done, total,
+    tokens)` follows each call.
     """
     prompts = [encode_prompt(tokenizer, format_prompt(p.problem)) for p in problems]
-    params = SamplingParams(n=samples, temperature=temperature, max_new_tokens=max_new_tokens)
-    generations = engine.generate(prompts, params, seed=seed)
-    texts, refs = [], []
-    for problem, gens in zip(problems, generations):
-        for g in gens:
-            texts.append(tokenizer.decode(g.token_ids, skip_special_tokens=True))
-            refs.append(problem.answer)
-    verdicts = verify_batch(texts, refs)
+    params = SamplingParams(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    decoded = 1 if params.greedy else samples  # sequences the engine really generates per problem
+    per_call = len(prompts) if rows_per_call is None else max(1, rows_per_call // decoded)
+    texts, refs, verdicts, tokens = [], [], [], 0
+    if on_progress is not None:
+        on_progress(0, len(prompts), 0)
+    for start in range(0, len(prompts), per_call):
+        chunk = slice(start, start + per_call)
+        generations = engine.generate(prompts[chunk], params, seed=chunk_seed(seed, start))
+        chunk_texts, chunk_refs = [], []
+        for problem, gens in zip(problems[chunk], generations):
+            tokens += sum(len(g.token_ids) for g in gens[:decoded])
+            for g in gens:
+                chunk_texts.append(tokenizer.decode(g.token_ids, skip_special_tokens=True))
+                chunk_refs.append(problem.answer)
+        verdicts += verify_batch(chunk_texts, chunk_refs)
+        texts += chunk_texts
+        refs += chunk_refs
+        if on_progress is not None:
+            on_progress(min(start + per_call, len(prompts)), len(prompts), tokens)
     rows = []
     for i, problem in enumerate(problems):
         ok = verdicts[i * samples : (i + 1) * samples]
         rows.append(Scored(level=problem.level, correct=sum(ok), samples=samples))
     report = summarize(rows, k=samples)
+    report.generated_tokens = tokens
     report.samples = [
         (format_prompt(problems[i].problem), texts[i * samples], verdicts[i * samples])
         for i in range(min(keep_examples, len(problems)))
     ]
     return report
+
+
+def objective_value(eval_cfg, reports: dict[str, EvalReport]) -> float:
+    """The value of `eval_cfg.objective` (an EvalConfig's) over the reports of one evaluation:
+    one benchmark's avg@K / pass@K, or the mean over several.
+
+    >>> from attnrl_core.config import EvalConfig
+    >>> reports = {"a": EvalReport(k=1, problems=2, avg=0.5, pass_k=0.5), "b": EvalReport(k=4, problems=3, avg=0.2, pass_k=0.6)}
+    >>> objective_value(EvalConfig(benchmarks=["a.jsonl", "b.jsonl"], objective=["a", "b"]), reports)
+    0.35
+    >>> objective_value(EvalConfig(benchmarks=["a.jsonl", "b.jsonl"], objective={"benchmarks": ["b"], "metric": "pass"}), reports)
+    0.6
+    """
+    values = [reports[b.key].avg if eval_cfg.objective.metric == "avg" else reports[b.key].pass_k for b in eval_cfg.objective_sets()]
+    return sum(values) / len(values)

@@ -22,6 +22,7 @@ own body. So `attnrl --help` loads none of the stack, `attnrl config` only the c
 from __future__ import annotations
 
 import functools
+import json
 import signal
 import subprocess
 import sys
@@ -134,6 +135,27 @@ def warmstart(
         out.print(f"exported to {export}")
 
 
+def _evaluation_table(title: str, columns: dict[str, dict]) -> Table:
+    """avg@K per benchmark set (and per level where a set has levels), one column per policy
+    (before / after); the objective in the last row."""
+    table = Table(title=title)
+    table.add_column("benchmark")
+    table.add_column("level")
+    for name in columns:
+        table.add_column(name, justify="right")
+    first = next(iter(columns.values()))
+    benches = [b for b in first if b != "objective"]
+    for bench in benches:
+        k = first[bench]["k"]
+        levels = sorted({lv for col in columns.values() for lv in col.get(bench, {}).get("levels", {})}, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
+        for level in levels:
+            table.add_row(bench, level, *(f"{100 * col[bench]['levels'][level]:.1f}%" if level in col.get(bench, {}).get("levels", {}) else "-" for col in columns.values()))
+        table.add_row(bench, f"all (avg@{k})", *(f"{100 * col[bench]['avg']:.1f}%" if bench in col else "-" for col in columns.values()), end_section=True)
+    objective = first["objective"]["metric"]
+    table.add_row("objective", objective, *(f"{100 * col['objective']['value']:.1f}%" if "objective" in col else "-" for col in columns.values()))
+    return table
+
+
 def _train_report(result: dict) -> None:
     columns = {}
     if result.get("base_eval"):
@@ -141,7 +163,10 @@ def _train_report(result: dict) -> None:
     if result.get("final_eval"):
         columns["after"] = result["final_eval"]
     if columns:
-        out.print(_heldout_table("held-out accuracy by difficulty level", columns))
+        out.print(_evaluation_table("accuracy per benchmark (by level where a set has levels)", columns))
+    best = result.get("best") or {}
+    if best:
+        out.print(f"best checkpoint: {best['name']} ({result.get('objective_metric', 'objective')} = {100 * best['score']:.1f}%)")
     out.print(
         f"MLflow run {result['run_id']}\ncheckpoints: {result['checkpoint_dir']}\nfinal policy: {result['final_policy']}\n"
         "open the results: make ui  (MLflow on http://127.0.0.1:5000)"
@@ -159,7 +184,9 @@ def train(
     quiet: QuietOpt = False,
 ):
     """Warm start (cached), train with the configured method, evaluate; one MLflow run."""
-    _config(config, set)  # validate before any work: a bad field exits 2 here
+    from attnrl_core.config import check_inputs
+
+    check_inputs(_config(config, set))  # validate before any work: a bad field or a missing file exits 2 here
     _quiet_libraries()
     from flows.train import train_flow
 
@@ -230,37 +257,49 @@ def runs(
 @user_errors
 @owns_processes
 def eval_(
-    model: Annotated[Optional[Path], typer.Option(help="Policy folder (save_pretrained). Default: the cached tiny base policy.")] = None,
+    model: Annotated[
+        Optional[Path], typer.Option(help="Policy folder (save_pretrained). Default: the config's model.path, else the cached tiny base policy.")
+    ] = None,
     benchmark: Annotated[
-        Optional[list[str]], typer.Option(help="'heldout' (synthetic held-out set) or a JSONL/Parquet file with problem, answer. Repeatable.")
+        Optional[list[str]],
+        typer.Option(help="'heldout' (synthetic held-out set) or a JSONL/Parquet file with problem, answer. Repeatable. Default: the config's eval.benchmarks."),
     ] = None,
     samples: Annotated[Optional[int], typer.Option(min=1, help="K samples per problem (avg@K, pass@K). Default: eval.samples.")] = None,
     temperature: Annotated[Optional[float], typer.Option(min=0.0, help="Sampling temperature (0 = greedy). Default: eval.temperature.")] = None,
     config: ConfigOpt = Path(DEFAULT_CONFIG),
     set: SetOpt = None,
     tracking_uri: UriOpt = None,
+    quiet: QuietOpt = False,
 ):
-    """avg@K and pass@K of a policy per benchmark; prints the table and logs it to MLflow."""
+    """avg@K and pass@K of a policy per benchmark set, on the config's rollout engine; prints the
+    table (and the objective, eval.objective) and logs it to MLflow."""
+    from attnrl_core.config import check_inputs
+
     overrides = list(set or [])
     if samples is not None:
         overrides.append(f"eval.samples={samples}")
     if temperature is not None:
         overrides.append(f"eval.temperature={temperature}")
     cfg = _config(config, overrides)
+    if benchmark:  # validate the --benchmark files like the config's own
+        cfg = _config(config, overrides + ["eval.objective=[]", "eval.benchmarks=" + json.dumps(list(benchmark))])
     _quiet_libraries()
     from flows.evaluate import evaluate_flow
     from flows.warmstart import base_path
 
-    model_path = model if model is not None else base_path(cfg)
-    if model is None and not (model_path / "config.json").is_file():
+    model_path = model if model is not None else (Path(cfg.model.path) if cfg.model.path else base_path(cfg))
+    if model is None and not cfg.model.path and not (model_path / "config.json").is_file():
         raise AttnRLError(f"No --model given and no cached base policy at {model_path}: run `attnrl warmstart` first or pass --model.")
-    result = evaluate_flow(str(model_path), benchmark or ["heldout"], str(config), overrides, tracking_uri=tracking_uri)
+    check_inputs(cfg, model_path=str(model_path), train_data=False)  # a missing file or model folder fails now, naming it
+    result = evaluate_flow(str(model_path), benchmark or None, str(config), overrides, tracking_uri=tracking_uri, quiet=quiet)
     table = Table(title=f"evaluation of {model_path}")
-    for col in result["rows"][0]:
-        table.add_column(col, justify="right" if col not in ("benchmark", "level") else "left")
+    for col in ("benchmark", "level", "problems", "K", "avg@K", "pass@K"):
+        table.add_column(col, justify="left" if col in ("benchmark", "level") else "right")
     for row in result["rows"]:
-        table.add_row(*(f"{100 * v:.1f}%" if isinstance(v, float) else str(v) for v in row.values()))
+        k = next(key for key in row if key.startswith("avg@"))[len("avg@") :]
+        table.add_row(row["benchmark"], row["level"], str(row["problems"]), k, f"{100 * row['avg@' + k]:.1f}%", f"{100 * row['pass@' + k]:.1f}%")
     out.print(table)
+    out.print(f"objective {result['objective']['metric']} = {100 * result['objective']['value']:.1f}%")
     out.print(f"MLflow run: {result['mlflow_run_id']}")
 
 

@@ -1,22 +1,62 @@
 """Evaluation flow: avg@K / pass@K of a saved policy on benchmarks, printed and logged to MLflow.
 
     attnrl eval --model runs/cache/warmstart/<key> --benchmark heldout tests/data/aime_sample.jsonl --samples 4 --temperature 0.6
+    attnrl eval --config experiments/smollm2-gsm.yaml        # the config's eval.benchmarks, on its rollout.engine
+
+The policy is evaluated on the config's rollout engine (hf here, the vLLM server on GPUs) with a
+progress bar per benchmark set (problems done, tokens/s) unless quiet.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
 from prefect import flow
 
-from attnrl_core.config import load_config
-from attnrl_core.evaluation import EvalReport
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from attnrl_core.config import check_inputs, load_config
+from attnrl_core.evaluation import EvalReport, objective_value
 from attnrl_core.policy import load_policy
+from attnrl_core.rollout import engine_class
 from flows import tracking
 from tasks.evaluate import evaluate_policy
+
+
+class EvalProgress:
+    """One progress bar per benchmark set: problems done of the set, tokens generated per second.
+    Its instances are the `progress` hook of tasks.evaluate.evaluate_policy."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("problems  {task.fields[rate]} tok/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=quiet,
+            console=Console(stderr=True),
+        )
+        self.tasks: dict[str, tuple[int, float]] = {}
+
+    def __enter__(self) -> "EvalProgress":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def __call__(self, name: str, done: int, total: int, tokens: int) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = (self.bar.add_task(name, total=total, rate="-"), time.perf_counter())
+        task, start = self.tasks[name]
+        self.bar.update(task, completed=done, rate=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f}")
 
 
 def report_rows(reports: dict[str, EvalReport]) -> list[dict]:
@@ -50,20 +90,40 @@ def log_reports(client: mlflow.MlflowClient, run_id: str, reports: dict[str, Eva
 @flow(name="evaluate")
 def evaluate_flow(
     model_path: str,
-    benchmarks: list[str],
+    benchmarks: list[str] | None = None,
     config_path: str | None = "experiments/tiny.yaml",
     overrides: list[str] | None = None,
     tracking_uri: str | None = None,
     run_name: str | None = None,
+    quiet: bool = True,
 ) -> dict:
-    """Evaluate the policy at `model_path`; returns {'rows': the table, 'mlflow_run_id': ...}."""
+    """Evaluate the policy at `model_path` on `benchmarks` (sources: 'heldout' or files, each
+    with the eval section's sampling), or on the config's eval.benchmarks when None. Returns
+    {'rows': the table, 'objective': {'metric', 'value'}, 'mlflow_run_id': ...}."""
+    if benchmarks:  # these sets, with the eval section's sampling, in place of the config's
+        overrides = list(overrides or []) + ["eval.objective=[]", "eval.benchmarks=" + json.dumps(list(benchmarks))]
     cfg = load_config(config_path, overrides or [])
+    check_inputs(cfg, model_path=str(model_path), train_data=False)
     cfg_json = cfg.model_dump(mode="json")
     experiment_id = tracking.setup(tracking_uri, cfg.name)
     model, tokenizer = load_policy(model_path, cfg.model)
-    reports = evaluate_policy(model, tokenizer, cfg_json, benchmarks, seed=cfg.seed)
+    engine = engine_class(cfg.rollout.engine).for_run(model, tokenizer, str(model_path), cfg.rollout)
+    try:
+        with EvalProgress(quiet) as progress:
+            reports = evaluate_policy(engine, tokenizer, cfg_json, seed=cfg.seed, progress=progress)
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+    objective = {"metric": cfg.eval.objective_metric(), "value": objective_value(cfg.eval, reports)}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"eval-{Path(model_path).name}") as run:
-        mlflow.set_tags({"kind": "evaluation", "model_path": str(model_path), "git_commit": tracking.git_commit()})
-        mlflow.log_params({"eval.samples": cfg.eval.samples, "eval.temperature": cfg.eval.temperature, "benchmarks": ",".join(benchmarks)})
+        mlflow.set_tags({"kind": "evaluation", "model_path": str(model_path), "git_commit": tracking.git_commit(), "objective_metric": objective["metric"]})
+        sets = cfg.eval.sets()
+        mlflow.log_params(
+            {"eval.samples": cfg.eval.samples, "eval.temperature": cfg.eval.temperature, "benchmarks": ",".join(b.key for b in sets), "rollout.engine": cfg.rollout.engine}
+        )
+        mlflow.log_dict([b.model_dump() for b in sets], "eval/benchmark_sets.json")
         log_reports(mlflow.MlflowClient(), run.info.run_id, reports)
-    return {"rows": report_rows(reports), "mlflow_run_id": run.info.run_id}
+        if objective["metric"].startswith("eval/mean/"):
+            mlflow.log_metric(objective["metric"], objective["value"], step=0)
+    return {"rows": report_rows(reports), "objective": objective, "mlflow_run_id": run.info.run_id}

@@ -26,7 +26,6 @@ from attnrl_core.evaluation import EvalReport
 from flows import RUNS_DIR, tracking
 from flows.evaluate import log_reports
 from tasks import checkpoint as ckpt
-from tasks.evaluate import HELDOUT
 
 SENTINEL = "progress/iteration"  # logged in every iteration's batch: its history says what MLflow holds
 
@@ -82,6 +81,7 @@ class TrainingRun:
             "git_commit": tracking.git_commit(),
             "kind": "train",
             "base_policy": str(base),
+            "objective_metric": cfg.eval.objective_metric(),  # what ranks this run (compare's and a sweep's default)
             **(extra_tags or {}),
         }
         tags["mlflow.note.content"] = describe(cfg, tags)  # the run page's description
@@ -133,10 +133,16 @@ class TrainingRun:
             stamp = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[mlflow.entities.Metric(k, float(v), stamp, iteration) for k, v in metrics.items()])
 
-    def log_evaluation(self, iteration: int, reports: dict[str, EvalReport], trees_html: str | None = None, metrics: bool = True) -> None:
-        """The evaluation tables and sample responses (and the metrics when `metrics`; otherwise
-        they ride in the iteration's batch) plus the rendered sample trees."""
+    def log_evaluation(
+        self, iteration: int, reports: dict[str, EvalReport], trees_html: str | None = None, metrics: bool = True, extra_metrics: dict[str, float] | None = None
+    ) -> None:
+        """The evaluation tables and sample responses (and the metrics when `metrics`, with
+        `extra_metrics` such as eval/mean/avg; otherwise they ride in the iteration's batch)
+        plus the rendered sample trees."""
         log_reports(self.client, self.run_id, reports, step=iteration, metrics=metrics)
+        if metrics:
+            for key, value in (extra_metrics or {}).items():
+                self.client.log_metric(self.run_id, key, value, step=iteration)
         if trees_html is not None:
             self.client.log_text(self.run_id, trees_html, f"trees/iter_{iteration:05d}.html")
 
@@ -145,17 +151,37 @@ class TrainingRun:
         if self.fresh(iteration):
             self.client.log_metric(self.run_id, "time/checkpoint", seconds, step=iteration)
 
-    def heldout_at(self, step: int) -> dict | None:
-        """The held-out accuracy (mean and per level) logged at `step`, or None if not logged."""
-        k = self.cfg.eval.samples
-        out = {}
-        for key in self.client.get_run(self.run_id).data.metrics:
-            if key.startswith(f"eval/{HELDOUT}/") and key.endswith(f"avg_at_{k}"):
-                values = [m.value for m in self.client.get_metric_history(self.run_id, key) if m.step == step]
-                if values:
-                    level = key.split("/")[2]
-                    out["avg" if level == f"avg_at_{k}" else level.removeprefix("level_")] = values[0]
-        return out or None
+    def evaluation_at(self, step: int) -> dict | None:
+        """The evaluation logged at `step` in the shape of flows.train.evaluation_summary
+        ({set: {"k", "avg", "pass", "levels"}, "objective": {"metric", "value"}}), or None if
+        any configured set (or the objective) is missing there."""
+        logged = self.client.get_run(self.run_id).data.metrics
+
+        def at(key: str) -> float | None:
+            if key not in logged:
+                return None
+            values = [m.value for m in self.client.get_metric_history(self.run_id, key) if m.step == step]
+            return values[0] if values else None
+
+        out: dict = {}
+        for bench in self.cfg.eval.sets():
+            prefix, k = f"eval/{bench.key}", bench.samples
+            avg, pass_k = at(f"{prefix}/avg_at_{k}"), at(f"{prefix}/pass_at_{k}")
+            if avg is None:
+                return None
+            levels = {}
+            for key in logged:
+                if key.startswith(f"{prefix}/level_") and key.endswith(f"/avg_at_{k}"):
+                    value = at(key)
+                    if value is not None:
+                        levels[key[len(prefix) + len("/level_") :].split("/")[0]] = value
+            out[bench.key] = {"k": k, "avg": avg, "pass": pass_k, "levels": dict(sorted(levels.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else kv[0]))}
+        metric = self.cfg.eval.objective_metric()
+        value = at(metric)
+        if value is None:
+            return None
+        out["objective"] = {"metric": metric, "value": value}
+        return out
 
     # -- the end ------------------------------------------------------------------------------
     def finish(self, status: str, pruned: bool = False) -> None:
@@ -166,3 +192,21 @@ class TrainingRun:
 
     def log_final_policy(self, folder: Path) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path="final_policy")
+
+
+# what runs that carry no objective_metric tag (trained before eval.objective) were ranked by
+FORMER_OBJECTIVE = "eval/heldout/avg_at_1"
+
+
+def objective_metric_of(runs) -> str:
+    """The objective metric shared by these MLflow training runs (their `objective_metric` tag,
+    set from eval.objective; older runs count as eval/heldout/avg_at_1): the default metric to
+    compare them by. Runs that disagree fail with AttnRLError naming the metrics; no run gives
+    the former default."""
+    found = sorted({run.data.tags.get("objective_metric", FORMER_OBJECTIVE) for run in runs})
+    if len(found) > 1:
+        raise AttnRLError(
+            f"These runs rank by different objectives ({', '.join(found)}): pick one with --metric, "
+            "or compare runs whose configs share eval.objective."
+        )
+    return found[0] if found else FORMER_OBJECTIVE

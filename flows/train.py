@@ -24,15 +24,15 @@ from prefect import flow
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from attnrl_core.config import Config, load_config
-from attnrl_core.evaluation import EvalReport
+from attnrl_core.config import Config, check_inputs, load_config
+from attnrl_core.evaluation import EvalReport, objective_value
 from attnrl_core.render import render_trees_html
 from flows import tracking
 from flows.reaper import Preempted
 from flows.run_tracking import SENTINEL, TrainingRun
 from tasks import checkpoint as ckpt
 from tasks.branch import branch
-from tasks.evaluate import HELDOUT, evaluate_policy
+from tasks.evaluate import evaluate_policy
 from tasks.phase import phase_seed
 from tasks.rollout import rollout
 from tasks.score import score
@@ -81,7 +81,8 @@ def train_flow(
 ) -> dict:
     """Train the config at `config_path` with `overrides` ('branch.rho=0.3', ...), or `resume`
     a run by MLflow id or name (then the config comes from its checkpoint). Returns the run id,
-    the base and final held-out accuracy by level, the best checkpoint and the final policy.
+    the base and final evaluation ({benchmark: {"k", "avg", "pass", "levels"}} plus the
+    objective under "objective"), the best checkpoint and the final policy.
 
     `on_evaluation(iteration, eval_metrics)` is called after each evaluation; if it returns True
     the run stops there, is marked KILLED with tag pruned=true, and the result has pruned=True.
@@ -91,24 +92,28 @@ def train_flow(
         run = TrainingRun.resume(uri, resume)
     else:
         cfg = load_config(config_path, overrides or [])
+        check_inputs(cfg)  # a missing data file, benchmark file or model folder fails now, naming its field
         experiment_id = tracking.setup(uri, cfg.name)  # an unusable store fails before any work
         run = TrainingRun.create(uri, experiment_id, cfg, base_policy(cfg, uri, quiet), run_name, parent_run_id, extra_tags)
     cfg, phases = run.cfg, Phases(run.cfg)
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    result = {"run_id": run.run_id, "pruned": False, "checkpoint_dir": str(run.run_dir), "base_eval": run.heldout_at(step=0), "final_eval": {}}
+    result = {"run_id": run.run_id, "pruned": False, "checkpoint_dir": str(run.run_dir), "base_eval": run.evaluation_at(step=0), "final_eval": {}}
+    result["objective_metric"] = cfg.eval.objective_metric()
     try:
         with sigterm_stops_at_safe_points() as safe_point:
             s = TrainSession(cfg, run.base, run.run_id, run.checkpoint)
             progress = TrainProgress(quiet, cfg.train.iterations, s.iteration, safe_point)
-            if cfg.train.eval_before and result["base_eval"] is None:
-                # step 0 = the policy before any update: every curve in the UI starts at the base
-                reports, _ = evaluate(s, 0, phases)
-                run.log_evaluation(0, reports)
-                result["base_eval"] = heldout_summary(reports)
             with progress:
+                if cfg.train.eval_before and result["base_eval"] is None:
+                    # step 0 = the policy before any update: every curve in the UI starts at the base
+                    progress.phase("evaluate")
+                    reports, metrics = evaluate(s, 0, phases, progress)
+                    run.log_evaluation(0, reports, extra_metrics={k: v for k, v in metrics.items() if k.startswith("eval/mean/")})
+                    result["base_eval"] = evaluation_summary(cfg, reports)
+                    progress.evaluated(result["base_eval"]["objective"]["value"])
                 for it in range(s.iteration + 1, cfg.train.iterations + 1):
                     outcome = run_iteration(s, it, phases, run, progress, on_evaluation)
-                    result["final_eval"] = outcome.heldout or result["final_eval"]
+                    result["final_eval"] = outcome.evaluation or result["final_eval"]
                     if outcome.pruned:
                         run.finish("KILLED", pruned=True)
                         return {**result, "pruned": True, "pruned_at": it, "best": dict(s.best)}
@@ -144,7 +149,7 @@ class Phases:
 
 @dataclass
 class IterationOutcome:
-    heldout: dict | None  # the held-out accuracy by level when this iteration evaluated
+    evaluation: dict | None  # evaluation_summary when this iteration evaluated
     pruned: bool
 
 
@@ -166,19 +171,20 @@ def run_iteration(s: TrainSession, it: int, phases: Phases, run: TrainingRun, pr
         metrics.update(phase_result.metrics)
 
     final = it == cfg.train.iterations
-    heldout, new_best, pruned = None, False, False
+    evaluation, new_best, pruned = None, False, False
     if it % cfg.train.eval_every == 0 or final:
         progress.phase("evaluate")
-        reports, eval_metrics = evaluate(s, it, phases)
+        reports, eval_metrics = evaluate(s, it, phases, progress)
         metrics.update(eval_metrics)
-        heldout = heldout_summary(reports)
-        new_best = not s.best or heldout["avg"] > s.best["score"]
+        evaluation = evaluation_summary(cfg, reports)
+        score = evaluation["objective"]["value"]  # eval.objective decides which checkpoint is the best
+        new_best = not s.best or score > s.best["score"]
         if new_best:  # checkpointed below, so "best" always names a checkpoint
-            s.best = {"iteration": it, "score": heldout["avg"], "name": f"iter_{it:06d}"}
+            s.best = {"iteration": it, "score": score, "name": f"iter_{it:06d}"}
         if run.fresh(it):  # the metrics go in the iteration's batch below
             html = render_trees_html(rolled.current[:4], lambda ids: s.tokenizer.decode(ids, skip_special_tokens=True), title=f"{run.run_id} iteration {it}")
             run.log_evaluation(it, reports, html, metrics=False)
-        progress.evaluated(heldout["avg"])
+        progress.evaluated(score)
         pruned = on_evaluation is not None and on_evaluation(it, {k: v for k, v in metrics.items() if k.startswith("eval/")})
     s.commit(it, rolled, plan)
 
@@ -202,23 +208,34 @@ def run_iteration(s: TrainSession, it: int, phases: Phases, run: TrainingRun, pr
     if not pruned:
         progress.done(it, metrics)
     progress.safe_point()
-    return IterationOutcome(heldout, pruned)
+    return IterationOutcome(evaluation, pruned)
 
 
-def evaluate(s: TrainSession, it: int, phases: Phases) -> tuple[dict[str, EvalReport], dict[str, float]]:
-    """Every configured benchmark on the current policy (step `it`; 0 = the base): reports and metrics."""
+def evaluate(s: TrainSession, it: int, phases: Phases, progress: "TrainProgress | None" = None) -> tuple[dict[str, EvalReport], dict[str, float]]:
+    """Every benchmark set of eval.benchmarks on the current policy (step `it`; 0 = the base),
+    on the run's own engine (rollout.engine): reports and metrics (eval/<set>/..., and
+    eval/mean/<metric> when the objective is a mean over several sets)."""
     start = time.perf_counter()
-    benchmarks = [HELDOUT] + list(s.cfg.data.benchmarks)
-    reports = phases.evaluate(s.policy, s.tokenizer, s.cfg.model_dump(mode="json"), benchmarks, seed=phase_seed(s.cfg.seed, it, "evaluate"))
+    hook = None if progress is None else progress.evaluating
+    reports = phases.evaluate(s.engine, s.tokenizer, s.cfg.model_dump(mode="json"), seed=phase_seed(s.cfg.seed, it, "evaluate"), progress=hook)
     metrics = {"time/evaluate": time.perf_counter() - start}
     for name, rep in reports.items():
         metrics.update(rep.metrics(f"eval/{name}"))
+    objective = s.cfg.eval.objective_metric()
+    if objective not in metrics:  # a mean over several sets: logged under its own name
+        metrics[objective] = objective_value(s.cfg.eval, reports)
     return reports, metrics
 
 
-def heldout_summary(reports: dict[str, EvalReport]) -> dict[str, float]:
-    """{'avg': ..., '1': ..., '2': ...}: the held-out accuracy, overall and by level."""
-    return {"avg": reports[HELDOUT].avg, **{str(k): v.avg for k, v in reports[HELDOUT].by_level.items()}}
+def evaluation_summary(cfg: Config, reports: dict[str, EvalReport]) -> dict:
+    """{set: {"k", "avg", "pass", "levels": {level: avg}}, ..., "objective": {"metric", "value"}}:
+    what the final table shows (levels only where a set has them)."""
+    out: dict = {
+        name: {"k": rep.k, "avg": rep.avg, "pass": rep.pass_k, "levels": {str(level): r.avg for level, r in rep.by_level.items()}}
+        for name, rep in reports.items()
+    }
+    out["objective"] = {"metric": cfg.eval.objective_metric(), "value": objective_value(cfg.eval, reports)}
+    return out
 
 
 def save_final_policy(s: TrainSession, run: TrainingRun) -> Path:
@@ -261,6 +278,13 @@ class TrainProgress:
     def phase(self, name: str) -> None:
         self.safe_point()
         self.bar.update(self.task, phase=name)
+
+    def evaluating(self, name: str, done: int, total: int, tokens: int) -> None:
+        """Hook of an evaluation: the phase column shows the set, problems done and tokens/s."""
+        if done == 0:  # a set starts
+            self._eval_start = time.perf_counter()
+        rate = tokens / max(time.perf_counter() - getattr(self, "_eval_start", time.perf_counter()), 1e-9)
+        self.bar.update(self.task, phase=f"eval {name} {done}/{total} {rate:.0f} tok/s")
 
     def evaluated(self, accuracy: float) -> None:
         self.bar.update(self.task, acc=f"{100 * accuracy:.1f}%")

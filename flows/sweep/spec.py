@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from attnrl_core.config import describe_fields, load_config, read_yaml_mapping, spec_error
+from attnrl_core.config import describe_fields, load_config, objective_metric, read_yaml_mapping, spec_error
 from attnrl_core.errors import AttnRLError
 
 if TYPE_CHECKING:
@@ -74,7 +74,10 @@ class ParamSpec(_Spec):
 
 
 class ObjectiveSpec(_Spec):
-    metric: str = Field("eval/heldout/avg_at_1", min_length=1, description="MLflow metric of the trial's run that the study optimises.")
+    metric: str | None = Field(
+        None, min_length=1, description="MLflow metric of the trial's run that the study optimises; null = the base config's eval.objective "
+        "(eval/heldout/avg_at_1 for the tiny default)."
+    )
     reduce: Literal["final", "best"] = Field("final", description="Its value at the last iteration, or its best value over the run's evaluations.")
 
 
@@ -166,7 +169,9 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             f"nor beside the sweep file; run from the project folder or give an absolute path."
         )
     fixed = list(spec.overrides) + list(overrides)
-    load_config(base, fixed)  # the base itself must be valid (raises naming its field)
+    base_cfg = load_config(base, fixed)  # the base itself must be valid (raises naming its field)
+    if spec.objective.metric is None:  # the objective follows the base config's eval.objective
+        spec.objective.metric = objective_metric(base_cfg)
     leaves = {name for name, _, _ in describe_fields()}
     for field, dim in spec.search_space.items():
         if field not in leaves:
