@@ -164,6 +164,53 @@ class WarmStartConfig(_Section):
     seed: int = Field(1234, description="Seed of the warm start (initial weights, demonstration stream, flaw draws).")
 
 
+class VLLMConfig(_Section):
+    """Settings of the vLLM generation server (rollout.engine: vllm; vllm_server/server.py), passed
+    to its `vllm.LLM(...)`. Ignored by the hf engine."""
+
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0.0, le=1.0, description="Share of each GPU's memory vLLM may take for weights and KV cache; the trainer "
+        "(policy, reference, optimizer, FCI scoring) lives in the rest of the same GPU."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one vLLM engine shards the model over (tensor parallelism).")
+    max_model_len: int | None = Field(
+        None, ge=1, description="Longest prompt + response (tokens) the server accepts and sizes its KV cache for; null = the "
+        "model's own maximum. Must cover data.max_prompt_tokens + data.max_response_tokens and every eval set's length."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights and activations dtype of the server; auto = the checkpoint's (bfloat16 for the DS-R1 distills)."
+    )
+    enforce_eager: bool = Field(False, description="No CUDA graphs / torch.compile: faster start, slower decoding (small or CPU runs).")
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse KV blocks of shared prefixes: the T continuations of a branch point share prompt + response prefix."
+    )
+    port: int = Field(0, ge=0, le=65535, description="TCP port of the server on 127.0.0.1; 0 = any free port.")
+    startup_timeout_s: float = Field(900.0, gt=0.0, description="Seconds to wait for the server to load the model and answer.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Further vllm.LLM keyword arguments passed as given, e.g. {kv_cache_memory_bytes: "
+        "134217728} on a CPU, {max_num_seqs: 512}."
+    )
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        """The `vllm.LLM` keyword arguments of these settings.
+
+        >>> VLLMConfig(max_model_len=9216, extra={"max_num_seqs": 512}).llm_kwargs()["max_model_len"]
+        9216
+        >>> "max_model_len" in VLLMConfig().llm_kwargs()   # null: vLLM's own default
+        False
+        """
+        kwargs: dict[str, Any] = {
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "dtype": self.dtype,
+            "enforce_eager": self.enforce_eager,
+            "enable_prefix_caching": self.enable_prefix_caching,
+        }
+        if self.max_model_len is not None:
+            kwargs["max_model_len"] = self.max_model_len
+        return {**kwargs, **self.extra}
+
+
 class RolloutConfig(_Section):
     engine: str = Choice("attnrl_core.rollout:ENGINES", "hf", "Rollout engine: 'hf' (transformers, any machine) or 'vllm' (separate GPU server process).")
     group_size: int = Field(6, ge=1, description="G: initial responses sampled per prompt.")
@@ -171,6 +218,7 @@ class RolloutConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.")
     max_batch_size: int = Field(256, ge=1, description="Largest generation micro-batch of the hf engine.")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="The vLLM server's settings (rollout.engine: vllm).")
 
 
 class FCIConfig(_Section):

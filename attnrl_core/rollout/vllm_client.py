@@ -55,13 +55,27 @@ class VLLMEngine:
         "enforce_eager": True} on a small CPU.
     startup_timeout / request_timeout: seconds to wait for the server to come up / for one call.
     log_path: file receiving the server's stdout+stderr (default: a temporary file).
+    port: the server's TCP port on 127.0.0.1 (0 = any free port).
     """
 
     @classmethod
     def for_run(cls, policy, tokenizer, base_path: str, cfg) -> "VLLMEngine":
-        """The engine of a training run: a server started from the base policy's folder (the
-        session pushes the current weights after each update and on resume)."""
-        return cls(model_path=base_path)
+        """The engine of a training run: a server started from the base policy's folder with the
+        rollout section's `vllm` settings (GPU memory share, tensor parallelism, context length,
+        dtype, eager mode, prefix caching, port, start-up timeout); the session pushes the
+        current weights after each update and on resume."""
+        return cls(model_path=base_path, **cls.settings(cfg.vllm))
+
+    @staticmethod
+    def settings(vllm_cfg) -> dict[str, Any]:
+        """This class's keyword arguments for a `rollout.vllm` config section.
+
+        >>> from attnrl_core.config import VLLMConfig
+        >>> s = VLLMEngine.settings(VLLMConfig(gpu_memory_utilization=0.4, port=8100, startup_timeout_s=60))
+        >>> s["llm_kwargs"]["gpu_memory_utilization"], s["port"], s["startup_timeout"]
+        (0.4, 8100, 60.0)
+        """
+        return {"llm_kwargs": vllm_cfg.llm_kwargs(), "port": vllm_cfg.port, "startup_timeout": vllm_cfg.startup_timeout_s}
 
     def __init__(
         self,
@@ -73,6 +87,7 @@ class VLLMEngine:
         startup_timeout: float = 900.0,
         request_timeout: float = 3600.0,
         log_path: str | os.PathLike | None = None,
+        port: int = 0,
     ) -> None:
         if isinstance(eos_token_id, int):
             eos_token_id = [eos_token_id]
@@ -94,15 +109,20 @@ class VLLMEngine:
                 f"The vLLM environment's interpreter {python} does not exist: build it with `make vllm-env` "
                 "(vLLM lives in its own .venv-vllm), or pass python=... / url=... ."
             )
-        self._start(Path(model_path), Path(python), llm_kwargs or {}, startup_timeout, log_path)
+        self._start(Path(model_path), Path(python), llm_kwargs or {}, startup_timeout, log_path, port)
 
-    def _start(self, model_path: Path, python: Path, llm_kwargs: dict, timeout: float, log_path) -> None:
+    @staticmethod
+    def server_command(model_path: Path, python: Path, llm_kwargs: dict, port: int, port_file: Path) -> list[str]:
+        """The command line that starts vllm_server/server.py with these settings."""
+        return [str(python), str(SERVER_SCRIPT), "--model", str(Path(model_path).resolve()), "--port", str(int(port)),
+                "--port-file", str(port_file), "--llm-kwargs", json.dumps(llm_kwargs)]  # fmt: skip
+
+    def _start(self, model_path: Path, python: Path, llm_kwargs: dict, timeout: float, log_path, port: int = 0) -> None:
         workdir = Path(tempfile.mkdtemp(prefix="attnrl-vllm-"))
         port_file = workdir / "port"
         self.log_path = Path(log_path) if log_path is not None else workdir / "server.log"
         self._workdir = workdir
-        command = [str(python), str(SERVER_SCRIPT), "--model", str(model_path.resolve()), "--port", "0",
-                   "--port-file", str(port_file), "--llm-kwargs", json.dumps(llm_kwargs)]  # fmt: skip
+        command = self.server_command(model_path, python, llm_kwargs, port, port_file)
         with open(self.log_path, "ab") as log:
             # own session: close() can stop the server AND the engine/worker processes vLLM spawns
             self._process = subprocess.Popen(
