@@ -23,6 +23,11 @@ of the world's definition, not a tuning knob.
 Streams: problem `i` of a stream is generated from (seed, split, i) alone (`problem_at`), so a
 trainer checkpoints an integer cursor and resumes exactly with `generate_problems(n, start=cursor)`.
 
+A second world with long solutions and pivotal steps known by construction is
+attnrl_core/pivot_world.py (`data.world: pivot`); attnrl_core/worlds.py names both, and the
+helpers above that are not specific to arithmetic (`split_of`, `distinct_heldout`, `Problem`) serve
+both.
+
 Loaders (`load_problems`, `load_benchmark`) read JSONL and Parquet files with DeepScaleR /
 AIME / AMC / MATH-500 style fields and stop at the first malformed row with an `AttnRLError`
 that names the file, the line (JSONL) or row (Parquet), both counted from 1, and the problem.
