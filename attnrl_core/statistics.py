@@ -385,6 +385,8 @@ def verdict(
     'no difference detectable with 2 seeds; about 11 seeds would detect a difference of 1.0 points'
     >>> verdict(paired_difference({"0": 0.40, "1": 0.60}, {"0": 0.50, "1": 0.50}))
     'no difference detectable with 2 seeds; more than 200 seeds would be needed to detect a difference of 1.0 points'
+    >>> verdict(paired_difference({"0": 0.375, "1": 0.375}, {"0": 0.375, "1": 0.375}))
+    'no difference detectable with 2 seeds: every paired difference is 0, no spread to size more seeds by'
     """
     n = paired.n
     if n == 0:
@@ -394,6 +396,8 @@ def verdict(
     if paired.low > 0.0 or paired.high < 0.0:
         higher = paired.mean > 0.0
         return "better" if higher == (direction == "maximize") else "worse"
+    if paired.sd == 0.0:  # every seed gave both the same value (e.g. a coarse metric that did not move)
+        return f"no difference detectable with {n} seeds: every paired difference is 0, no spread to size more seeds by"
     effect = abs(paired.mean) if abs(paired.mean) >= min_effect else min_effect
     size = f"{scale * effect:.{decimals}f}{' ' + unit if unit else ''}"
     m = seeds_needed(paired.sd, effect, confidence)

@@ -200,6 +200,9 @@ def test_verdicts():
     # enough seeds already, nothing seen: say so
     tight = paired_difference({str(s): 0.5 + 0.001 * (-1) ** s for s in range(8)}, {str(s): 0.5 for s in range(8)})
     assert verdict(tight) == "no difference detectable with 8 seeds, which would detect one of 1.0 points"
+    # identical values on every seed (a coarse metric that did not move): nothing to size seeds by
+    same = paired_difference({"0": 0.375, "1": 0.375}, {"0": 0.375, "1": 0.375})
+    assert verdict(same) == "no difference detectable with 2 seeds: every paired difference is 0, no spread to size more seeds by"
     assert verdict(paired_difference({"0": 0.6}, {"1": 0.5})) == "no shared seeds to compare"
     assert verdict(paired_difference({"0": 0.6}, {"0": 0.5})).startswith("one shared seed")
 
