@@ -203,7 +203,7 @@ def test_compare_names_a_missing_experiment_and_the_cli_wants_one_source(tmp_pat
     from flows.cli import app
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.MlflowClient(uri).create_experiment("empty")
+    mlflow.MlflowClient(uri).create_experiment("empty", artifact_location=(tmp_path / "artifacts").as_uri())
     with pytest.raises(AttnRLError, match="No MLflow experiment named 'nope'.*empty"):
         compare("nope", tracking_uri=uri)
     with pytest.raises(AttnRLError, match="no finished training run"):
@@ -216,7 +216,9 @@ def log_runs(uri: str, experiment: str, finals: dict[str, list[float]]) -> None:
     """Finished training runs logged as the training flow logs them (tags, the metric by step,
     generated tokens and wall-clock): base 0.40 at step 0, halfway at step 1, the final at 2."""
     client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment(experiment)
+    # artifacts next to the store, never in the working directory (an experiment without a
+    # location would put them in ./mlruns)
+    exp = client.create_experiment(experiment, artifact_location=(Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri())
     for group, values in finals.items():
         for seed, final in enumerate(values):
             rid = client.create_run(exp, tags={"kind": "train", "ablation": group, "method": group, "seed": str(seed)}).info.run_id
