@@ -74,13 +74,62 @@ def separator_mask_from_texts(
     return mask, SEPARATOR_RULES[2]
 
 
-def separator_mask(tokenizer, vocab_size: int | None = None) -> tuple[torch.Tensor, str]:
-    """`separator_mask_from_texts(decode_vocab(tokenizer), vocab_size)`: compute once per run."""
-    return separator_mask_from_texts(decode_vocab(tokenizer), vocab_size)
+SPLIT_SEPARATOR_RULE = "\n\n over two tokens"
+
+
+class SplitSeparator:
+    r"""The separator mask of a tokenizer that writes the "\n\n" between two steps as TWO tokens
+    (GPT-2-style pre-tokenizers such as SmolLM2's: "7.\n\nThen" -> ".", "\n", "\n", "Then", since
+    whitespace before a word is split off). A step then also ends after a token that starts with
+    "\n" when the token before it ends with "\n" and did not itself end a step: the text
+    between the steps is still "\n\n" (docs/method.md §1 read on text, as the answer-summary rule
+    is). `split_steps` takes it wherever it takes a mask.
+
+    >>> rule = SplitSeparator.from_texts(["a", "\n", "\n\n", "b"])
+    >>> split_steps([0, 1, 1, 3, 2, 3], rule)     # "a\n" "\n" | "b\n\n" | "b"
+    [(0, 3), (3, 5), (5, 6)]
+    """
+
+    def __init__(self, mask: torch.Tensor, ends_newline: torch.Tensor, starts_newline: torch.Tensor) -> None:
+        self.mask, self.ends_newline, self.starts_newline = mask, ends_newline, starts_newline  # (V,) bool each
+
+    @classmethod
+    def from_texts(cls, token_texts: Sequence[str], vocab_size: int | None = None) -> "SplitSeparator":
+        size = len(token_texts) if vocab_size is None else vocab_size
+        mask, ends, starts = (torch.zeros(size, dtype=torch.bool) for _ in range(3))
+        for i, text in enumerate(token_texts):
+            mask[i], ends[i], starts[i] = "\n\n" in text, text.endswith("\n"), text.startswith("\n")
+        return cls(mask, ends, starts)
+
+    def boundaries(self, ids: torch.Tensor) -> torch.Tensor:
+        """(L,) bool: does a step end after token t."""
+        ends = self.mask[ids].clone()
+        for t in range(1, ids.numel()):
+            if not ends[t] and not ends[t - 1] and self.starts_newline[ids[t]] and self.ends_newline[ids[t - 1]]:
+                ends[t] = True
+        return ends
+
+
+def separator_mask(tokenizer, vocab_size: int | None = None) -> tuple[torch.Tensor | SplitSeparator, str]:
+    r"""`separator_mask_from_texts(decode_vocab(tokenizer), vocab_size)`: compute once per run.
+
+    When the tokenizer has "\n\n" tokens but writes the separator between a sentence and the
+    next as two "\n" tokens (its encoding of "x.\n\nThen" holds no "\n\n" token), the mask is
+    a `SplitSeparator` and the rule SPLIT_SEPARATOR_RULE, so that steps still end at every
+    "\n\n" of the text.
+    """
+    texts = decode_vocab(tokenizer)
+    mask, rule = separator_mask_from_texts(texts, vocab_size)
+    if rule == "\n\n" and hasattr(tokenizer, "encode"):
+        probe = tokenizer.encode("So x = 7.\n\nThen y = 8.", add_special_tokens=False)
+        probe = getattr(probe, "ids", probe)
+        if not any("\n\n" in texts[i] for i in probe if 0 <= i < len(texts)):
+            return SplitSeparator.from_texts(texts, vocab_size), SPLIT_SEPARATOR_RULE
+    return mask, rule
 
 
 def split_steps(
-    response_ids: Sequence[int] | torch.Tensor, sep_mask: torch.Tensor
+    response_ids: Sequence[int] | torch.Tensor, sep_mask: "torch.Tensor | SplitSeparator"
 ) -> list[tuple[int, int]]:
     """Response steps as [start, end) spans relative to the response (step k of docs/method.md §1 = item k-1).
 
@@ -94,7 +143,8 @@ def split_steps(
     length = ids.numel()
     if length == 0:
         return []
-    ends = (torch.nonzero(sep_mask[ids]).reshape(-1) + 1).tolist()  # exclusive ends after separators
+    boundary = sep_mask.boundaries(ids) if isinstance(sep_mask, SplitSeparator) else sep_mask[ids]  # (L,)
+    ends = (torch.nonzero(boundary).reshape(-1) + 1).tolist()  # exclusive ends after separators
     if not ends or ends[-1] != length:
         ends.append(length)
     starts = [0] + ends[:-1]
