@@ -1,6 +1,6 @@
 """Statistics for comparing training runs over seeds: intervals, paired differences, verdicts.
 
-Pure functions of numbers (no MLflow, no Prefect): `flows/compare.py` feeds them the metric of
+Pure functions of numbers (no MLflow, no Prefect): `flows/compare/summary.py` feeds them the metric of
 each run. Everything is two-sided at `confidence` (95% by default).
 
 - `t_cdf`, `t_quantile`: Student's t distribution, computed here from the regularized
