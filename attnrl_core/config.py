@@ -712,17 +712,21 @@ def check_inputs(cfg: Config, model_path: str | None = None, train_data: bool = 
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
-    """{'branch.rho': 0.2, ...}: the config as MLflow params (lists rendered as JSON)."""
+    """{'branch.rho': 0.2, ...}: the config as MLflow params, one per field (sections are walked;
+    list and mapping values are rendered as JSON), the same names `describe_fields` lists."""
     out: dict[str, Any] = {}
 
-    def walk(prefix: str, obj: Any) -> None:
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            out[prefix] = json.dumps(obj) if isinstance(obj, list) else obj
+    def walk(prefix: str, section: BaseModel) -> None:
+        for name in type(section).model_fields:
+            value = getattr(section, name)
+            dotted = f"{prefix}{name}"
+            if isinstance(value, BaseModel):
+                walk(dotted + ".", value)
+            else:
+                plain = section.model_dump(mode="json", include={name})[name]
+                out[dotted] = json.dumps(plain) if isinstance(plain, (list, dict)) else plain
 
-    walk("", cfg.model_dump(mode="json"))
+    walk("", cfg)
     return out
 
 
