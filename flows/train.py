@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from prefect import flow
+from prefect.utilities.annotations import quote
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -138,7 +139,9 @@ def base_policy(cfg: Config, tracking_uri: str | None, quiet: bool) -> str:
 
 
 class Phases:
-    """The phase tasks with the run's retry settings."""
+    """The phase tasks with the run's retry settings. A phase result handed to the next task is
+    wrapped in `quote`: Prefect would otherwise walk every prompt group and token list of it
+    looking for futures (0.46 s per call for a 64-prompt batch, measured) before the task runs."""
 
     def __init__(self, cfg: Config) -> None:
         opts = dict(retries=cfg.train.retries, retry_delay_seconds=cfg.train.retry_delay_s)
@@ -162,11 +165,11 @@ def run_iteration(s: TrainSession, it: int, phases: Phases, run: TrainingRun, pr
     progress.phase("rollout")
     rolled = phases.rollout(s, it)
     progress.phase("score")
-    scored = phases.score(s, it, rolled)
+    scored = phases.score(s, it, quote(rolled))
     progress.phase("branch")
-    plan = phases.branch(s, it, rolled)
+    plan = phases.branch(s, it, quote(rolled))
     progress.phase("update")
-    updated = phases.update(s, it, plan)
+    updated = phases.update(s, it, quote(plan))
     for phase_result in (rolled, scored, plan, updated):
         metrics.update(phase_result.metrics)
 
