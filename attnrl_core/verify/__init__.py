@@ -36,6 +36,7 @@ from attnrl_core.verify.answer import (
     exact_number,
     last_boxed,
     normalize_answer,
+    reference_forms,
     rule_verdict,
 )
 from attnrl_core.verify.pool import WORKER_START_TIMEOUT_S, FallbackPool, default_workers, fallback_pool
@@ -44,7 +45,7 @@ from attnrl_core.verify.worker import WORKER_MEMORY_BYTES
 __all__ = [
     "FALLBACK_TAIL_CHARS", "MAX_BOXED_CHARS", "MAX_NUMBER_CHARS", "PARALLEL_MIN_FALLBACKS", "THINK_END",
     "WORKER_MEMORY_BYTES", "WORKER_START_TIMEOUT_S", "FallbackPool", "answer_region", "exact_number",
-    "fallback_pool", "is_correct", "last_boxed", "normalize_answer", "rule_verdict", "verify_batch",
+    "fallback_pool", "is_correct", "last_boxed", "normalize_answer", "reference_forms", "rule_verdict", "verify_batch",
 ]
 
 # math-verify sees only the end of the answer text: the final answer lives there, and its cost
@@ -64,13 +65,26 @@ def _check_timeout(timeout_s: float) -> None:
         )
 
 
-def _prepare(response: str, reference: str) -> tuple[bool | None, str]:
-    """(rule verdict or None, the text math-verify should see)."""
+def _prepare(response: str, reference: str) -> tuple[bool | None, str, list[str]]:
+    """(rule verdict or None, the text math-verify should see, the reference forms it must try).
+
+    A free-text reference ("C(10, 5), or equivalently 252") counts each of its exact forms
+    (`reference_forms`): True if the rule path accepts any, else math-verify tries the forms the
+    rule path could not decide; a plain reference is its only form."""
     region = answer_region(response)
     if not region.strip():
-        return False, ""
-    verdict = rule_verdict(last_boxed(region), reference)
-    return verdict, region[-FALLBACK_TAIL_CHARS:]
+        return False, "", []
+    boxed = last_boxed(region)
+    undecided = []
+    for form in reference_forms(reference):
+        verdict = rule_verdict(boxed, form)
+        if verdict:
+            return True, "", []
+        if verdict is None:
+            undecided.append(form)
+    if not undecided:
+        return False, "", []
+    return None, region[-FALLBACK_TAIL_CHARS:], undecided
 
 
 def is_correct(response: str, reference: str, timeout_s: float = 5.0) -> bool:
@@ -86,10 +100,10 @@ def is_correct(response: str, reference: str, timeout_s: float = 5.0) -> bool:
     False
     """
     _check_timeout(timeout_s)
-    verdict, text = _prepare(response, reference)
+    verdict, text, forms = _prepare(response, reference)
     if verdict is not None:
         return verdict
-    return fallback_pool().check([(reference, text)], timeout_s)[0]
+    return any(fallback_pool().check([(form, text) for form in forms], timeout_s))
 
 
 def verify_batch(
@@ -118,16 +132,18 @@ def verify_batch(
     if workers is not None and workers < 1:
         raise AttnRLError(f"verify_batch workers must be >= 1 (or None for all CPUs), got {workers!r}.")
     results: list[bool] = []
-    pending: list[tuple[int, str]] = []
+    pending: list[tuple[int, str]] = []  # one per (response, reference form) math-verify must decide
+    items: list[tuple[str, str]] = []
     for i, (response, reference) in enumerate(zip(responses, references)):
-        verdict, text = _prepare(response, reference)
+        verdict, text, forms = _prepare(response, reference)
         results.append(bool(verdict))
         if verdict is None:
-            pending.append((i, text))
+            for form in forms:
+                pending.append((i, text))
+                items.append((form, text))
     if not pending:
         return results
     pool = fallback_pool()
-    items = [(references[i], text) for i, text in pending]
     n_threads = min(workers or default_workers(), len(pending))
     if n_threads <= 1 or len(pending) < parallel_min_fallbacks:
         verdicts = pool.check(items, timeout_s)
@@ -137,5 +153,5 @@ def verify_batch(
         size = -(-len(items) // (n_threads * chunks_per_worker))
         verdicts = pool.check(items, timeout_s, threads=n_threads, chunk_size=size)
     for (i, _), verdict in zip(pending, verdicts):
-        results[i] = verdict
+        results[i] = results[i] or verdict  # any form math-verify accepts
     return results

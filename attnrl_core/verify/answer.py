@@ -287,3 +287,39 @@ def rule_verdict(
     if len(pred) > max_number_chars and _NUMBER_SHAPED.fullmatch(boxed):
         return False
     return None
+
+
+# Free-text references (CHAMP writes "C(10, 5), or equivalently 252", "5/14, or approximately
+# 35.7%", "999 (i.e., all except for one value)", "0 is the only possible value"): the exact
+# forms a response may give. Approximations are dropped (35.7% is not 5/14), explanations in
+# "(i.e., ...)" too; the text as written always stays one of the forms.
+_EQUIVALENTLY = re.compile(r"\s*(?:,|;)?\s*(?:or\s+)?equivalently,?\s*", re.IGNORECASE)
+_APPROXIMATELY = re.compile(r"\s*(?:,|;)?\s*(?:or\s+)?(?:approximately|approx\.|about)\b.*$", re.IGNORECASE | re.DOTALL)
+_EXPLANATION = re.compile(r"\s*\((?:i\.e\.|e\.g\.|that is|namely)[^)]*\)", re.IGNORECASE)
+_ONLY_VALUE = re.compile(r"^(.+?)\s+is\s+the\s+only\s+(?:possible\s+)?(?:value|solution|answer)s?\.?$", re.IGNORECASE | re.DOTALL)
+MAX_REFERENCE_FORMS = 4
+
+
+def reference_forms(reference: str) -> list[str]:
+    """The reference as written, then the exact forms a free-text reference names.
+
+    >>> reference_forms("C(10, 5), or equivalently 252")
+    ['C(10, 5), or equivalently 252', 'C(10, 5)', '252']
+    >>> reference_forms("5/14, or approximately 35.7%")
+    ['5/14, or approximately 35.7%', '5/14']
+    >>> reference_forms("999 (i.e., all except for one value)"), reference_forms("3 is the only possible value")
+    (['999 (i.e., all except for one value)', '999'], ['3 is the only possible value', '3'])
+    >>> reference_forms("17"), reference_forms("No such values")
+    (['17'], ['No such values'])
+    """
+    forms = [reference]
+    if len(reference) > 400:  # a free-text answer is short; anything else is kept as written
+        return forms
+    for part in _EQUIVALENTLY.split(reference):
+        part = _EXPLANATION.sub("", _APPROXIMATELY.sub("", part)).strip().rstrip(".")
+        match = _ONLY_VALUE.match(part)
+        if match:
+            part = match.group(1).strip()
+        if part and part not in forms:
+            forms.append(part)
+    return forms[:MAX_REFERENCE_FORMS]
