@@ -1,0 +1,221 @@
+"""GPU bench at the paper's shape, needing only torch, transformers and attnrl_core.
+
+    python bench/gpu.py                 # one GPU: DS-R1-Distill-Qwen-1.5B's shape in bf16 (~5 min on one H200)
+    python bench/gpu.py --tiny          # a smoke check of the same code on CPU (seconds)
+    python bench/gpu.py --out gpu.json  # also write the numbers as JSON
+
+A bare GPU machine may lack vLLM, DeepSpeed, Prefect and MLflow and have no network, so this bench
+builds a RANDOM-initialised Qwen2 of DeepSeek-R1-Distill-Qwen-1.5B's shape (28 layers, width
+1536, 12 query / 2 key-value heads, MLP 8960, vocabulary 151,936; bf16) and measures:
+
+1. FCI scoring vs a plain forward at 1024 prompt + 8192 response tokens (docs/method.md §2): the
+   scoring pass of attnrl_core.fci.score (streaming step-level attention sums, token log-probs,
+   entropies) against the model's own SDPA forward over the same tokens with its logits turned
+   into token log-probs (what a trainer pays anyway): median time and peak GPU memory of each,
+   and their ratios.
+2. hf-engine generation (attnrl_core.rollout.hf.HFEngine, temperature 1): generated tokens/s.
+3. One PPO update (attnrl_core.trainer.TorchTrainer: clipped loss, k3 KL to a frozen reference,
+   AdamW, length-sorted passes) over mini-batch-sized random samples: seconds and peak memory.
+
+Weights are random, so the numbers are costs, not quality. Steps are random lengths (32-128
+tokens, docs/method.md §1's "\\n\\n" steps at paper scale are of that order), which is what FCI's
+cost depends on besides L.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # attnrl_core from this checkout
+
+import torch  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+from attnrl_core import fci  # noqa: E402
+from attnrl_core.config import OptimConfig, TrainConfig  # noqa: E402
+from attnrl_core.rollout import SamplingParams  # noqa: E402
+from attnrl_core.rollout.hf import HFEngine  # noqa: E402
+from attnrl_core.trainer import PolicySample, TorchTrainer  # noqa: E402
+
+# DeepSeek-R1-Distill-Qwen-1.5B's config.json (a Qwen2.5-Math-1.5B body)
+PAPER = dict(
+    hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+    vocab_size=151936, max_position_embeddings=131072, rope_theta=10000.0, tie_word_embeddings=False,
+)  # fmt: skip
+TINY = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    vocab_size=1000, max_position_embeddings=4096, tie_word_embeddings=True,
+)  # fmt: skip
+SIZES = {
+    "paper": dict(prompt=1024, response=8192, reps=3, gen_prompts=64, gen_prompt_len=512, gen_tokens=512, ppo_samples=32, ppo_prompt=512, ppo_response=2048),
+    "tiny": dict(prompt=64, response=192, reps=3, gen_prompts=4, gen_prompt_len=16, gen_tokens=16, ppo_samples=4, ppo_prompt=16, ppo_response=32),
+}
+
+
+class Device:
+    def __init__(self, name: str) -> None:
+        self.device = torch.device(name)
+        self.cuda = self.device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_gib(self, baseline: int) -> float | None:
+        """Peak memory above `baseline` bytes since the last reset (CUDA only)."""
+        if not self.cuda:
+            return None
+        return (torch.cuda.max_memory_allocated(self.device) - baseline) / 2**30
+
+    def allocated(self) -> int:
+        return torch.cuda.memory_allocated(self.device) if self.cuda else 0
+
+
+def timed(dev: Device, fn, reps: int) -> tuple[float, float | None]:
+    """(median seconds over `reps` calls after one warm-up, peak memory above the start in GiB)."""
+    fn()
+    dev.sync()
+    baseline = dev.allocated()
+    dev.reset_peak()
+    times = []
+    for _ in range(reps):
+        dev.sync()
+        start = time.perf_counter()
+        fn()
+        dev.sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), dev.peak_gib(baseline)
+
+
+def random_steps(prompt: int, response: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """Step 0 = the prompt, then response steps of 32-128 tokens."""
+    spans, start, end = [(0, prompt)], prompt, prompt + response
+    while start < end:
+        length = int(torch.randint(32, 129, (1,), generator=generator))
+        spans.append((start, min(end, start + length)))
+        start += length
+    return spans
+
+
+def bench_fci(model, dev: Device, size: dict, vocab: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    L = size["prompt"] + size["response"]
+    input_ids = torch.randint(0, vocab, (1, L), generator=g).to(dev.device)
+    mask = torch.ones_like(input_ids)
+    spans = [random_steps(size["prompt"], size["response"], g)]
+
+    def plain():
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=mask).logits  # SDPA
+            fci.token_logprobs_and_entropy(logits, input_ids, mask, block_rows=1024)
+
+    def score():
+        fci.score(model, input_ids, mask, spans, delta=4, aggregate="max")
+
+    plain_s, plain_mem = timed(dev, plain, size["reps"])
+    score_s, score_mem = timed(dev, score, size["reps"])
+    out = {"tokens": L, "steps": len(spans[0]), "plain_s": plain_s, "score_s": score_s, "time_ratio": score_s / plain_s}
+    if plain_mem is not None:
+        out.update(plain_peak_gib=plain_mem, score_peak_gib=score_mem, memory_ratio=score_mem / plain_mem)
+    return out
+
+
+def bench_generation(model, dev: Device, size: dict, vocab: int) -> dict:
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, vocab, (size["gen_prompt_len"],), generator=g).tolist() for _ in range(size["gen_prompts"])]
+    engine = HFEngine(model, eos_token_id=[], pad_token_id=0, max_batch_size=size["gen_prompts"])  # no EOS: every row runs its budget
+    params = SamplingParams(n=1, temperature=1.0, max_new_tokens=size["gen_tokens"])
+    engine.generate(prompts[:2], SamplingParams(n=1, temperature=1.0, max_new_tokens=4), seed=0)  # warm-up
+    dev.sync()
+    start = time.perf_counter()
+    out = engine.generate(prompts, params, seed=0)
+    dev.sync()
+    seconds = time.perf_counter() - start
+    tokens = sum(len(gen.token_ids) for row in out for gen in row)
+    return {"rows": len(prompts), "new_tokens_per_row": size["gen_tokens"], "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def bench_update(model, reference, dev: Device, size: dict, vocab: int) -> dict:
+    g = torch.Generator().manual_seed(2)
+    samples = [
+        PolicySample(
+            prompt_ids=torch.randint(0, vocab, (size["ppo_prompt"],), generator=g).tolist(),
+            response_ids=torch.randint(0, vocab, (size["ppo_response"],), generator=g).tolist(),
+            advantages=[float(torch.randn(1, generator=g))] * size["ppo_response"],
+        )
+        for _ in range(size["ppo_samples"])
+    ]
+    optim = OptimConfig(lr=1e-6, minibatch_sequences=size["ppo_samples"], micro_batch_tokens=4 * (size["ppo_prompt"] + size["ppo_response"]))
+    trainer = TorchTrainer(model, reference, 0, optim, TrainConfig())
+    baseline = dev.allocated()
+    dev.reset_peak()
+    dev.sync()
+    start = time.perf_counter()
+    stats = trainer.update(samples, torch.Generator().manual_seed(3))
+    dev.sync()
+    seconds = time.perf_counter() - start
+    model.eval()
+    out = {"samples": len(samples), "tokens_per_sample": size["ppo_prompt"] + size["ppo_response"], "seconds": seconds, "grad_norm": stats.grad_norm}
+    peak = dev.peak_gib(baseline)
+    if peak is not None:
+        out["peak_gib_above_models"] = peak
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="a tiny model and short sequences (a CPU smoke check)")
+    parser.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--skip", action="append", default=[], choices=["fci", "generation", "update"], help="leave a part out")
+    args = parser.parse_args(argv)
+    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = Device(name)
+    if not args.tiny and not dev.cuda:
+        print("bench/gpu.py: no GPU here; run it with --tiny for a CPU smoke check of the same code.", file=sys.stderr)
+        return 2
+    shape, size = (TINY, SIZES["tiny"]) if args.tiny else (PAPER, SIZES["paper"])
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    config = Qwen2Config(**shape, attn_implementation="sdpa")
+    with torch.device(dev.device):
+        model = Qwen2ForCausalLM(config).to(dtype).eval()
+    results: dict = {
+        "device": torch.cuda.get_device_name(dev.device) if dev.cuda else "cpu",
+        "model": "tiny" if args.tiny else "DS-R1-Distill-Qwen-1.5B shape, random init",
+        "dtype": str(dtype).removeprefix("torch."),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "torch": torch.__version__,
+    }
+    if "fci" not in args.skip:
+        results["fci_vs_plain"] = bench_fci(model, dev, size, config.vocab_size)
+        print("FCI scoring vs plain SDPA forward:", json.dumps(results["fci_vs_plain"]), flush=True)
+    if "generation" not in args.skip:
+        results["generation_hf"] = bench_generation(model, dev, size, config.vocab_size)
+        print("hf-engine generation:", json.dumps(results["generation_hf"]), flush=True)
+    if "update" not in args.skip:
+        with torch.device(dev.device):
+            reference = Qwen2ForCausalLM(config).to(dtype).eval().requires_grad_(False)
+        reference.load_state_dict(model.state_dict())
+        results["ppo_update"] = bench_update(model, reference, dev, size, config.vocab_size)
+        print("one PPO update:", json.dumps(results["ppo_update"]), flush=True)
+    results["total_s"] = time.perf_counter() - t0
+    print(f"total {results['total_s']:.0f} s")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
