@@ -709,6 +709,36 @@ def check_inputs(cfg: Config, model_path: str | None = None, train_data: bool = 
                 f"model.path = {path!r} holds config.json but no weights (*.safetensors / *.bin): the folder is incomplete; "
                 "write it again with save_pretrained (or `make real-model`)."
             )
+        _check_folder_vocabularies(folder, path)
+    from attnrl_core import data  # the files' rows too: a malformed one fails now, naming file and line
+
+    if train_data and cfg.data.train != "synthetic":
+        data.load_problems(cfg.data.train)
+    for b in cfg.eval.benchmarks:
+        if b.source != HELDOUT:
+            data.load_benchmark(b.source)
+
+
+def _check_folder_vocabularies(folder: Path, path: str) -> None:
+    """config.json's vocab_size against the largest id of tokenizer.json (both read as JSON, no
+    weights loaded): a folder whose tokenizer belongs to another model fails naming model.path."""
+    try:
+        rows = json.loads((folder / "config.json").read_text()).get("vocab_size")
+        tok = json.loads((folder / "tokenizer.json").read_text()) if (folder / "tokenizer.json").is_file() else None
+    except (OSError, ValueError) as exc:
+        raise AttnRLError(f"model.path = {path!r}: config.json or tokenizer.json is not readable JSON ({exc}).") from None
+    if not isinstance(rows, int) or tok is None:
+        return
+    vocab = (tok.get("model") or {}).get("vocab") or {}
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+    ids += [t.get("id", -1) for t in tok.get("added_tokens") or []]
+    largest = max((i for i in ids if isinstance(i, int)), default=-1)
+    if largest >= rows:
+        raise AttnRLError(
+            f"model.path = {path!r}: the tokenizer and the model disagree: tokenizer.json has token ids up to {largest} but "
+            f"config.json's vocab_size is {rows}. The folder's tokenizer belongs to another model: save the tokenizer the "
+            "weights were trained with next to them."
+        )
 
 
 def flatten(cfg: Config) -> dict[str, Any]:

@@ -97,7 +97,24 @@ def load_policy(path: str | Path, model_cfg: ModelConfig | None = None):
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    check_vocabularies(model, tokenizer, path)
     return model.to(model_cfg.device), tokenizer
+
+
+def check_vocabularies(model, tokenizer, path: str) -> None:
+    """A tokenizer and a model that disagree (token ids past the model's embedding rows, no EOS)
+    fail here, naming model.path, instead of as an index error deep in a rollout."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    ids = [i for i in tokenizer.get_vocab().values()]
+    largest = max(ids) if ids else -1
+    if largest >= rows:
+        raise AttnRLError(
+            f"model.path '{path}': the tokenizer and the model disagree: the tokenizer has ids up to {largest} "
+            f"({len(tokenizer)} tokens) but the model's embedding has {rows} rows. The folder's tokenizer files "
+            "belong to another model: save the tokenizer that was trained with these weights next to them."
+        )
+    if tokenizer.eos_token_id is None:
+        raise AttnRLError(f"model.path '{path}': the tokenizer defines no EOS token, so no response could end; set eos_token in its tokenizer_config.json.")
 
 
 def _load_tokenizer(path: str):

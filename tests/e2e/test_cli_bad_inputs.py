@@ -1,0 +1,45 @@
+"""Bad input to `attnrl eval` / `attnrl train`: a benchmark file with a malformed row, a model folder
+without weights, a model whose tokenizer disagrees with it, a missing benchmark file: each exits 2
+with one paragraph naming the file and line or the field, before anything is written."""
+
+import json
+import shutil
+
+import pytest
+
+from tests.support import FIXTURE, cli, cli_env
+
+
+@pytest.fixture
+def bad(tmp_path):
+    rows = tmp_path / "bench.jsonl"
+    rows.write_text('{"problem": "What is 1+1?", "answer": "2"}\n\n{"problem": "What is 2+2?"}\n')
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(FIXTURE / "config.json", no_weights)
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(FIXTURE, mismatch)
+    config = json.loads((mismatch / "config.json").read_text())
+    (mismatch / "config.json").write_text(json.dumps({**config, "vocab_size": 50}))  # the tokenizer has 106 tokens
+    return rows, no_weights, mismatch
+
+
+def test_each_bad_input_exits_2_naming_it_and_writes_nothing(bad, tmp_path):
+    rows, no_weights, mismatch = bad
+    store = tmp_path / "mlflow.db"
+    env = cli_env(f"sqlite:///{store}")
+    cases = [
+        (["eval", "--model", str(FIXTURE), "--benchmark", str(rows)], [str(rows), "line 3", "missing field 'answer'"]),
+        (["eval", "--model", str(no_weights)], ["model.path", "no weights"]),
+        (["eval", "--model", str(mismatch)], ["model.path", "disagree", "vocab_size is 50"]),
+        (["eval", "--model", str(FIXTURE), "--benchmark", str(tmp_path / "nowhere.jsonl")], ["eval.benchmarks[0].source", "no such file"]),
+        (["train", "--set", f"model.path={mismatch}"], ["model.path", "disagree"]),
+        (["train", "--set", f"eval.benchmarks=[heldout, {rows}]"], [str(rows), "line 3"]),
+    ]
+    for args, words in cases:
+        done = cli(*args, "--quiet", env=env, timeout=300)
+        assert done.returncode == 2, (args, done.stderr[-2000:])
+        message = " ".join(done.stderr.split())
+        assert all(w in message for w in words), (args, message)
+        assert "Traceback" not in done.stderr
+    assert not store.exists()  # nothing was written before the input was checked
