@@ -29,8 +29,10 @@ venv: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/attnrl train --config $(CONFIG)
 
+# Two pytest workers (pytest-xdist): each its own session, stores and Prefect server; the slow
+# flow and CLI tests then share the two cores. --durations shows what dominates.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests/unit
