@@ -43,6 +43,12 @@ MODELS = {
     "wide": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=4, num_attention_heads=12,
                  num_key_value_heads=12, vocab_size=1000),
 }
+# A real pretrained model, opt-in (`--models smollm2`): SmolLM2-135M-Instruct as `make real-model`
+# writes it (30 layers, width 576, 9 heads / 3 kv, vocabulary 49,152), its weights as trained.
+REAL = {
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49152, path="models/smollm2-135m-instruct"),
+}
 METHODS = ("plain", "score", "naive")
 
 
@@ -51,6 +57,12 @@ def build(model_name: str, L: int, seed: int = 0):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
+    if model_name in REAL:
+        from transformers import AutoModelForCausalLM
+
+        folder = Path(__file__).resolve().parents[1] / REAL[model_name]["path"]
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        return (model, *make_batch(model.config.vocab_size, L, seed))
     config = Qwen2Config(**MODELS[model_name], max_position_embeddings=max(L, 64), tie_word_embeddings=True)
     return (Qwen2ForCausalLM(config).eval(), *make_batch(config.vocab_size, L, seed))
 
@@ -150,7 +162,7 @@ def time_worker(model_name: str, L: int, methods: list[str], repeats: int, threa
 
 def naive_fits(model_name: str, L: int, limit_gb: float) -> bool:
     """The eager path holds layers x heads x L x L fp32 maps at once (plus one layer's softmax)."""
-    cfg = MODELS[model_name]
+    cfg = {**MODELS, **REAL}[model_name]
     held = (cfg["num_hidden_layers"] + 2) * cfg["num_attention_heads"] * L * L * 4
     return held / 2**30 <= limit_gb
 
@@ -167,7 +179,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only L = 512, 1024")
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, *REAL])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: steady numbers on a shared machine)")
@@ -214,7 +226,7 @@ def main() -> None:
             rss = {m: call_worker(["--memory-worker", name, str(L), m, *common], env) for m in methods}
             if not times or not all(x.get(m) for x in (live, rss) for m in ("plain", "score")):
                 continue
-            steps = len(make_batch(MODELS[name]["vocab_size"], L)[2][0])
+            steps = len(make_batch({**MODELS, **REAL}[name]["vocab_size"], L)[2][0])
             wall = times["score"]["wall_s"] / times["plain"]["wall_s"]
             print(f"{name:5} {L:>5} {steps:>5} | "
                   f"{columns(*(times.get(m) for m in METHODS), 'cpu_s', '.3f')} {wall:5.2f} | "
