@@ -6,24 +6,26 @@ interchangeable phrasings, so that a run can count how often a criterion's branc
 a pivotal step (`tree/pivot_hit_rate`). It shows whether an implementation of a criterion finds
 the steps that matter HERE; whether real models have such steps is another question.
 
-A problem defines several named parts, each a short chain of operations, and asks for a signed
-sum of some of them (one part is a distractor the question does not use)::
+A problem defines several named parts, each a short chain of one-digit operations, and asks
+for a signed sum of some of them, named in the order they are defined (one part is a
+distractor the question does not use)::
 
-    problem: "Let a=(12+7)*3, b=45-9, c=8*6+1, d=72/8+5. Find a+d-b."
+    problem: "Let a=(2-1+7)*3, b=8+5+9, c=9*6+4-2, d=(2-1)*8. Find a+b-d."
 
 The solution (steps separated by "\\n\\n", docs/method.md §1) reads, step by step:
 
-    1    an opener ("Let me think.")                        routine, several phrasings
+    1    an opener ("Okay.")                                routine, several phrasings
     ..   0-2 filler steps ("Hmm.")                         routine, several phrasings
-    p    the plan: "Let me plan: T=a+d-b."                 PIVOTAL: fixes which parts, how combined
-    ..   the planned parts, in plan order, one operation per step ("12+7=19", then
-         "Next, a=19*3=57": the part's last step names it), each step with one of four
-         equivalent leads ("", "Next, ", "Then ", "Now ")  routine
+    p    the plan: "Let me plan: T=a+b-d."                 PIVOTAL: fixes which parts, how combined
+    ..   the planned parts, in plan order, one operation per step ("2-1=1", "Then 1+7=8",
+         "Next, a=8*3=24": the part's last step names it), each step with one of four
+         equivalent leads ("", "Next, ", "Then ", "Now "; combinations after the first
+         too)                                              routine
     (c)  sometimes a check of the plan against the question:
-         "Check: T=a+d-b. Good."                           PIVOTAL: can catch a plan that left a part out
+         "Check: T=a+b-d. Good."                           PIVOTAL: can catch a plan that left a part out
     ..   combination steps, referring back to the parts' results:
-         "a+d=57+14=71", "Then 71-b=71-36=35"              PIVOTAL
-    last "The answer is \\boxed{35}"
+         "a+b=24+22=46", "46-d=46-8=38"                    PIVOTAL
+    last "The answer is \\boxed{38}"
 
 The warm start's planted flaw (`warmstart.flaw`, levels `warmstart.flaw_levels`) lives in the
 plan: a flawed demonstration's plan leaves out the question's last term, and the rest follows
@@ -41,30 +43,29 @@ concerns the prompt. The rules still matter through step 1's score: it enters AT
 threshold and the filter's mean FCI when it is not zeroed.
 
 Level L: L + 2 needed parts (3-6 at levels 1-4) and one distractor; each part has 2-3
-operations on values in 1..99. Solutions have 11-29 steps (about 19 on average).
+one-digit operations on values in 1..60, so that a ~1M-parameter model makes the routine steps
+reliably and the outcome turns on the pivotal ones. Solutions have 11-29 steps (about 19 on
+average); the parts are computed, and combined, in the order the problem defines them.
 
-    >>> p = problem_at(0, seed=0, levels=(1,))
+    >>> p = problem_at(30, seed=0, levels=(1,))
     >>> p.problem
-    'Let a=24*3+13+6, b=18+13-18-2, c=(9+36)/3*4, d=26+3-8. Find a+c+d.'
+    'Let a=(2-1+7)*3, b=8+5+9, c=9*6+4-2, d=(2-1)*8. Find a+b-d.'
     >>> p.answer, len(p.solution.split(STEP_SEPARATOR)), p.pivotal_steps
-    ('172', 16, (4, 13, 14, 15))
+    ('38', 13, (2, 10, 11, 12))
     >>> for step in p.solution.split(STEP_SEPARATOR): print(step)
-    Let me read it.
-    One part at a time.
-    Some parts are not needed.
-    Let me plan: T=a+c+d.
-    Now 24*3=72
-    Now 72+13=85
-    Next, a=85+6=91
-    Now 9+36=45
-    Then 45/3=15
-    Now c=15*4=60
-    Next, 26+3=29
-    Now d=29-8=21
-    Check: T=a+c+d. Good.
-    Next, a+c=91+60=151
-    Next, 151+d=151+21=172
-    The answer is \\boxed{172}
+    Okay.
+    Let me plan: T=a+b-d.
+    Next, 2-1=1
+    Then 1+7=8
+    Next, a=8*3=24
+    Next, 8+5=13
+    b=13+9=22
+    Next, 2-1=1
+    Then d=1*8=8
+    Check: T=a+b-d. Good.
+    a+b=24+22=46
+    46-d=46-8=38
+    The answer is \\boxed{38}
 
 Splits, streams and the held-out set work as in the arithmetic world (attnrl_core/data.py): a
 problem's split is `data.split_of(text)`, problem i of a stream is a function of (seed, split, i)
@@ -86,10 +87,8 @@ from attnrl_core.data import (
     SPLITS,
     STEP_SEPARATOR,
     SUFFIX,
-    MathWorld,
     Problem,
     _apply,
-    _draw_operation,
     _expression_text,
     distinct_heldout,
     split_of,
@@ -137,8 +136,10 @@ class PivotWorld:
     max_fillers: filler steps between the opener and the plan: 0..max_fillers, uniform.
     distractors: parts the problem defines but the question does not use.
     min_ops / max_ops: operations per part, uniform in min_ops..max_ops.
-    number_max / factor_max / value_max: starting numbers and addends up to number_max,
-        multipliers and exact divisors 2..factor_max, every part value in 1..value_max.
+    digit_max / value_max: a part starts from a digit 2..digit_max and adds, subtracts or (while
+        its value is a single digit) multiplies by digits 1..digit_max; every value stays in
+        1..value_max. Routine steps are one-digit arithmetic, so that a ~1M-parameter model can
+        make them reliably: the outcome then turns on the pivotal steps, not on arithmetic slips.
     heldout_fraction: share of problem texts in the held-out split (data.split_of).
     """
 
@@ -147,9 +148,8 @@ class PivotWorld:
     distractors: int = 1
     min_ops: int = 2
     max_ops: int = 3
-    number_max: int = 40
-    factor_max: int = 9
-    value_max: int = 99
+    digit_max: int = 9
+    value_max: int = 60
     heldout_fraction: float = 0.2
 
     def __post_init__(self) -> None:
@@ -161,12 +161,8 @@ class PivotWorld:
             raise AttnRLError(f"pivot world: need 1 <= min_ops <= max_ops, got {self.min_ops}, {self.max_ops}.")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise AttnRLError("pivot world: heldout_fraction must be strictly between 0 and 1.")
-        # the arithmetic world's operation drawer checks the number ranges
-        self.operations
-
-    @property
-    def operations(self) -> MathWorld:
-        return MathWorld(number_max=(self.number_max,), factor_max=self.factor_max, value_max=self.value_max, fraction_levels=())
+        if not 2 <= self.digit_max <= 9 or self.value_max < 2 * self.digit_max:
+            raise AttnRLError("pivot world: need 2 <= digit_max <= 9 and value_max >= 2 * digit_max.")
 
     def needed_parts(self, level: int) -> int:
         return level + 2
@@ -197,11 +193,19 @@ def _validate(levels: Sequence[int], split: str, world: PivotWorld) -> tuple[int
 
 
 def _part(rng: random.Random, world: PivotWorld) -> tuple[int, list[tuple[str, int]]]:
-    ops_world = world.operations
-    start = rng.randint(2, world.number_max)
+    """A start digit and one-digit operations, uniform over those that keep the value in range."""
+    top = world.digit_max
+    start = rng.randint(2, top)
     value, operations = start, []
     for _ in range(rng.randint(world.min_ops, world.max_ops)):
-        operator, operand = _draw_operation(rng, value, 1, False, ops_world)
+        feasible = [op for op, ok in (("+", value < world.value_max), ("-", value >= 2), ("*", value <= top and 2 * value <= world.value_max)) if ok]
+        operator = rng.choice(feasible)
+        if operator == "+":
+            operand = rng.randint(1, min(top, world.value_max - value))
+        elif operator == "-":
+            operand = rng.randint(1, min(top, value - 1))
+        else:
+            operand = rng.randint(2, min(top, world.value_max // value))
         operations.append((operator, operand))
         value = int(_apply(Fraction(value), operator, operand))
     return start, operations
@@ -213,7 +217,9 @@ def _problem_text(rng: random.Random, level: int, world: PivotWorld) -> str:
     parts = {name: _part(rng, world) for name in names}
     values = {name: _value(*parts[name]) for name in names}
     terms, running = [], 0
-    for k, name in enumerate(rng.sample(names, needed)):
+    # the question names its parts in the order they are defined (the solution walks the problem
+    # left to right); which part is the distractor is drawn
+    for k, name in enumerate(sorted(rng.sample(names, needed))):
         sign = "+"
         if k and running - values[name] >= 1 and rng.random() < 0.5:
             sign = "-"
@@ -331,7 +337,7 @@ def solve(text: str, world: PivotWorld = PivotWorld(), *, omit_last: bool = Fals
     Check: T=a-b. Missing b.
     Now 45-9=36
     Next, b=36+2=38
-    Now a-b=57-38=19
+    a-b=57-38=19
     The answer is \\boxed{19}
     >>> for step, _ in solve(text, PivotWorld(check_rate=0.0), omit_last=True)[2:]: print(step)  # no check: wrong
     Let me plan: T=a.
@@ -379,7 +385,11 @@ def solve(text: str, world: PivotWorld = PivotWorld(), *, omit_last: bool = Fals
     for k, (sign, name) in enumerate(combined[1:], start=1):
         left = combined[0][1] if k == 1 else str(running)
         new = running + values[name] if sign == "+" else running - values[name]
-        steps.append((f"{combine_leads[k]}{left}{sign}{name}={running}{sign}{values[name]}={new}", "combine"))
+        # the first combination has no lead: the place where a check may come is a 30/70 choice
+        # (check or combine), not a check against four equally likely leads, which greedy
+        # decoding would resolve to the check every time
+        lead = combine_leads[k] if k > 1 else ""
+        steps.append((f"{lead}{left}{sign}{name}={running}{sign}{values[name]}={new}", "combine"))
         running = new
     steps.append((f"{ANSWER_LEAD}{running}}}", "answer"))
     return steps

@@ -4,7 +4,7 @@ arithmetic world and attnrl_core/pivot_world.py.
     >>> from attnrl_core.config import DataConfig
     >>> world = world_for(DataConfig(world="pivot"))
     >>> world.name, world.phrases[3], world.problem_at(0, seed=0, levels=(1,)).pivotal_steps
-    ('pivot', 'Let me plan: ', (4, 13, 14, 15))
+    ('pivot', 'Let me plan: ', (3, 13, 14))
     >>> world_for(DataConfig()).step_kinds is None   # the arithmetic world labels no pivots
     True
 

@@ -31,7 +31,7 @@ RECIPE_VERSION = 1
 
 
 # The same for the pivot world (attnrl_core/pivot_world.py); it enters only that world's keys.
-PIVOT_RECIPE_VERSION = 1
+PIVOT_RECIPE_VERSION = 3  # 2: one-digit operations, parts in definition order; 3: no lead on the first combination
 
 
 def cache_key(cfg: Config) -> str:

@@ -222,7 +222,7 @@ def tokenized_group(problem: data.Problem):
 
 
 def test_pivot_hit_rates_on_a_hand_made_batch():
-    problem = pw.problem_at(0, levels=(1,))  # the module's example: plan = step 4, pivots (4, 13, 14, 15)
+    problem = pw.problem_at(11, levels=(1,))  # opener, 2 fillers, plan = step 4; pivots (4, 12, 13, 14) of 15 steps
     group, vocab = tokenized_group(problem)
     resp = group.responses[0]
     starts = [s for s, _ in resp.step_spans]
@@ -234,7 +234,7 @@ def test_pivot_hit_rates_on_a_hand_made_batch():
     rates = pivot_hit_rates([group, other, unbranched], world.step_kinds, world.pivotal_kinds, vocab)
     assert rates["tree/pivot_hit_rate"] == 0.5 and rates["tree/plan_hit_rate"] == 0.5
     assert rates["tree/pivot_point_share"] == 0.25
-    assert rates["tree/pivot_step_share"] == pytest.approx(4 / 15)  # 4 of steps 2..16 are pivotal
+    assert rates["tree/pivot_step_share"] == pytest.approx(4 / 14)  # 4 of steps 2..15 are pivotal
     assert pivot_hit_rates([unbranched], world.step_kinds, world.pivotal_kinds, vocab) == {}
     # a point inside the plan's text (not only its start) hits it too
     inside = response_hits([starts[3] + 5], resp.step_spans, [vocab[t] for t in resp.token_ids],
@@ -245,13 +245,14 @@ def test_pivot_hit_rates_on_a_hand_made_batch():
 def test_criteria_points_on_a_solution_and_where_they_land():
     """earliest takes steps 2-3 (two fillers here: the plan is step 4); ATB on scores that peak at
     the plan and the check takes those two; the first response step is never a point."""
-    problem = pw.problem_at(0, levels=(1,))
+    problem = pw.problem_at(11, levels=(1,))
+    assert problem.pivotal_steps == (4, 12, 13, 14)
     group, vocab = tokenized_group(problem)
     resp = group.responses[0]
     T = len(resp.step_spans)
     scores = [0.0, 9.0] + [0.0] * (T - 1)  # step 1 (the opener) is never a point, whatever its score
     scores[4] = 1.0  # the plan (response step 4)
-    scores[13] = 0.8  # the check
+    scores[12] = 0.8  # the check
     resp.step_fci, resp.token_entropy, resp.token_logprobs = scores, [0.5] * len(resp.token_ids), [-0.5] * len(resp.token_ids)
     resp.reward = 0.0
     world = world_for(DataConfig(world="pivot"))
