@@ -428,7 +428,7 @@ def sweep(
 @owns_processes
 def compare(
     experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment whose finished training runs are compared.")] = None,
-    metric: Annotated[Optional[str], typer.Option(help="Metric to compare (default eval/heldout/avg_at_1, or the suite's).")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Metric to compare (default: the runs' eval.objective metric, eval/heldout/avg_at_1 for older runs; or the suite's).")] = None,
     suite: Annotated[
         Optional[Path], typer.Option(help="Ablation suite YAML (experiments/ablations/suite.yaml): first train every config x seed without a finished run, then compare.")
     ] = None,
@@ -475,7 +475,15 @@ def compare(
 
         done = ablations_flow(str(suite), seeds, set or [], tracking_uri=tracking_uri, quiet=quiet, workers=workers)
         failed = done["failed"]
-    metric = metric or "eval/heldout/avg_at_1"
+    if metric is None:  # the runs' own objective (eval.objective, tagged on each run)
+        from mlflow.tracking import MlflowClient
+
+        from flows import tracking
+        from flows.run_tracking import objective_metric_of
+
+        client = MlflowClient(tracking.resolve_uri(tracking_uri))
+        found = client.get_experiment_by_name(experiment)
+        metric = objective_metric_of(client.search_runs([found.experiment_id], filter_string="tags.kind = 'train'") if found else [])
     failures = "These suite runs failed: " + "; ".join(f"{f['ablation']} seed {f['seed']}: {f['error']}" for f in failed)
     try:
         result = compare_runs(
