@@ -431,3 +431,19 @@ def test_suite_of_real_runs_in_parallel_then_compare_table_plots_verdicts_and_ml
                       "eval-heldout-avg_at_1.csv", "eval-heldout-avg_at_1.json", "report.html"}
     # a compare run is not a training run: comparing again sees the same four runs
     assert sum(r["runs"] for r in compare("compare-test", tracking_uri=uri, out_dir=out)["rows"]) == 4
+
+
+def test_compare_defaults_to_the_runs_objective_metric(tmp_path):
+    from flows.cli import app
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_runs(uri, "objective", {"a": [0.5, 0.6], "b": [0.4, 0.5]})
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("objective").experiment_id])
+    plain = CliRunner().invoke(app, ["compare", "--experiment", "objective", "--tracking-uri", uri, "--out", str(tmp_path / "r1")])
+    assert plain.exit_code == 0 and "eval/heldout/avg_at_1" in plain.stdout  # untagged runs: the former default
+    for run in runs:
+        client.set_tag(run.info.run_id, "objective_metric", "eval/mean/avg")
+    client.set_tag(runs[0].info.run_id, "objective_metric", "eval/aime/avg_at_1")
+    mixed = CliRunner().invoke(app, ["compare", "--experiment", "objective", "--tracking-uri", uri, "--out", str(tmp_path / "r2")])
+    assert mixed.exit_code == 2 and "different objectives" in mixed.stderr and "--metric" in mixed.stderr
