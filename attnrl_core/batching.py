@@ -72,3 +72,23 @@ def pad_token_rows(rows: Sequence[Sequence[int]], pad_value: int, side: Literal[
         ids[b, cols] = torch.tensor(row, dtype=torch.long)
         mask[b, cols] = 1
     return ids, mask
+
+
+def balanced_shards(costs: Sequence[float], shards: int) -> list[list[int]]:
+    """Positions 0..n-1 dealt to `shards` ranks so that their summed costs (token counts) come
+    out close: longest-processing-time-first, each item to the least loaded rank so far (ties:
+    the lower rank), each shard then in ascending position. Deterministic, so every rank and the
+    flow compute the same deal.
+
+    >>> balanced_shards([5, 30, 8, 28, 6], shards=2)  # loads 41 and 36
+    [[0, 1, 4], [2, 3]]
+    >>> balanced_shards([3, 3], shards=4)
+    [[0], [1], [], []]
+    """
+    loads = [0.0] * shards
+    out: list[list[int]] = [[] for _ in range(shards)]
+    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):  # stable: ties keep their order
+        rank = min(range(shards), key=lambda r: loads[r])
+        out[rank].append(i)
+        loads[rank] += costs[i]
+    return [sorted(shard) for shard in out]

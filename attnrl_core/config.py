@@ -303,7 +303,26 @@ class TrainConfig(_Section):
     fault: str | None = Field(
         None,
         description="Fault injection for tests and demos: 'phase@iteration' (comma-separated for several) fails that "
-        "phase's first attempt at that iteration; the retry must recover. Also read from ATTNRL_FAULT.",
+        "phase's first attempt at that iteration; the retry must recover. 'phase@iteration:kill-rank<r>' instead makes "
+        "trainer rank r's process kill itself with SIGKILL during that phase (train.ranks > 1). Also read from ATTNRL_FAULT.",
+    )
+    ranks: int = Field(
+        1, ge=1, description="Data-parallel trainer ranks. 1 = everything in the flow's process, no Ray; N > 1 = a Ray "
+        "worker group of N rank actors (one CPU thread or one GPU each) in one torch.distributed group (gloo on CPU, NCCL "
+        "on GPUs) that roll out, score and update their shares of each batch. Where a run runs, not what it computes: "
+        "not part of the config hash, and `attnrl resume RUN --set train.ranks=K` continues a run on another world size.",
+    )
+
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        None, description="train.ranks > 1: the Ray cluster. null = the flow starts a local Ray on 127.0.0.1 sized to the "
+        "ranks (and ends it with the run); 'auto' or 'host:port' = join a running cluster (`ray start --head`), whose "
+        "unreachability fails up front naming this field.",
+    )
+    placement_timeout_s: float = Field(
+        3600.0, gt=0.0, description="How long a run waits for the cluster to free train.ranks CPUs/GPUs (a sweep's trials "
+        "queue for free ranks this way) before it fails.",
     )
 
 
@@ -465,6 +484,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Iterations, evaluation, checkpoints, retries.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation sampling.")
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="The answer verifier (docs/method.md §9).")
+    ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster of a multi-rank run (train.ranks > 1).")
 
     @model_validator(mode="before")
     @classmethod
@@ -493,9 +513,19 @@ class Config(_Section):
         return self.branch.criterion if self.branches else "none"
 
     def hash(self) -> str:
-        """Stable 12-hex digest of the resolved config (key order independent)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Stable 12-hex digest of the resolved config (key order independent), leaving out where
+        the run runs (PLACEMENT: its ranks and Ray cluster), which does not change what it computes."""
+        tree = self.model_dump(mode="json")
+        for dotted in PLACEMENT:
+            section, _, name = dotted.partition(".")
+            (tree.get(section) or {}).pop(name, None) if name else tree.pop(section, None)
+        blob = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# Fields that say where a run runs, not what it computes: left out of Config.hash, and the only
+# ones `attnrl resume --set` may change.
+PLACEMENT = ("train.ranks", "ray")
 
 
 # Method presets (docs/method.md §3): the baselines share the tree machinery and differ in these switches.
@@ -634,6 +664,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return Config.model_validate(merged)
     except ValidationError as exc:
         raise AttnRLError(validation_message(exc, source)) from None
+
+
+def with_placement(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """`cfg` moved by `overrides` that only say where it runs (PLACEMENT: train.ranks, ray.*):
+    what `attnrl resume RUN --set train.ranks=2` may change of a saved run.
+
+    >>> with_placement(Config(), ["train.ranks=2"]).train.ranks
+    2
+    >>> with_placement(Config(), ["branch.rho=0.5"])
+    Traceback (most recent call last):
+    ...
+    attnrl_core.errors.AttnRLError: --set branch.rho=0.5: a resumed run keeps its config; only where it runs may change (train.ranks, ray.*).
+    """
+    tree = cfg.model_dump(mode="json")
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if not any(key == p or key.startswith(p + ".") for p in PLACEMENT):
+            raise AttnRLError(f"--set {text}: a resumed run keeps its config; only where it runs may change (train.ranks, ray.*).")
+        tree = _deep_merge(tree, parse_override(text))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise AttnRLError(validation_message(exc, "--set")) from None
 
 
 def objective_metric(cfg: Config) -> str:

@@ -86,19 +86,34 @@ def load_policy(path: str | Path, model_cfg: ModelConfig | None = None):
             "written by save_pretrained, a hub model id available offline, or null for the built-in tiny policy."
         )
     dtype = getattr(torch, model_cfg.dtype)
+    tokenizer = load_tokenizer(path)
     try:
-        tokenizer = _load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as exc:
-        raise AttnRLError(
-            f"model.path '{path}' could not be loaded ({exc.__class__.__name__}: {str(exc).splitlines()[0]}). "
-            "This machine cannot download weights: use a local folder or a model already in the hub cache."
-        ) from None
+        raise _unloadable(path, exc) from None
+    check_vocabularies(model, tokenizer, path)
+    return model.to(model_cfg.device), tokenizer
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of the policy at `path` alone (left padding, a pad token): what a process
+    that drives ranks but holds no model of its own needs."""
+    path = str(path)
+    try:
+        tokenizer = _load_tokenizer(path)
+    except OSError as exc:
+        raise _unloadable(path, exc) from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    check_vocabularies(model, tokenizer, path)
-    return model.to(model_cfg.device), tokenizer
+    return tokenizer
+
+
+def _unloadable(path: str, exc: OSError) -> AttnRLError:
+    return AttnRLError(
+        f"model.path '{path}' could not be loaded ({exc.__class__.__name__}: {str(exc).splitlines()[0]}). "
+        "This machine cannot download weights: use a local folder or a model already in the hub cache."
+    )
 
 
 def check_vocabularies(model, tokenizer, path: str) -> None:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from attnrl_core.batching import length_micro_batches, pad_token_rows
+from attnrl_core.batching import balanced_shards, length_micro_batches, pad_token_rows
 from attnrl_core.config import OptimConfig, TrainConfig
 from attnrl_core.errors import AttnRLError
 from attnrl_core.loss import ppo_loss
@@ -48,6 +48,29 @@ class UpdateStats:
     lr: float
     minibatches: int
     tokens: int
+
+
+STAT_NAMES = ("pg_loss", "kl", "entropy", "clip_frac_high", "clip_frac_low", "dual_clip_frac", "approx_kl")  # token-weighted means
+
+
+def data_parallel_rank() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group this process trains in; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """`values` summed element-wise over the data-parallel group (fp64); one rank: themselves."""
+    if data_parallel_rank()[1] == 1:
+        return list(values)
+    import torch.distributed as dist
+
+    buffer = torch.tensor(values, dtype=torch.float64)  # (K,)
+    dist.all_reduce(buffer)
+    return buffer.tolist()
 
 
 class NonFiniteLoss(AttnRLError):
@@ -123,7 +146,8 @@ class TorchTrainer:
         loss.backward()
 
     def _optimizer_step(self) -> float:
-        """Clip, step, clear the gradients; returns the gradient norm before clipping."""
+        """Sum over the ranks, clip, step, clear the gradients; returns the norm before clipping."""
+        self._reduce_gradients()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         if not torch.isfinite(norm):
             raise NonFiniteLoss(f"The gradient norm became {norm.item()}; the run stops and keeps its last good checkpoint.")
@@ -135,19 +159,20 @@ class TorchTrainer:
         groups = length_micro_batches([len(samples[i].prompt_ids) + len(samples[i].response_ids) for i in idx], self.micro_batch_tokens)
         return [[idx[k] for k in group] for group in groups]
 
-    def _old_and_ref(self, samples: Sequence[PolicySample]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        """Behaviour log-probs (stored prefix + current policy for the rest) and reference log-probs."""
+    def _old_and_ref(self, samples: Sequence[PolicySample], rows: list[int]) -> tuple[list, list]:
+        """Behaviour log-probs (stored prefix + current policy for the rest) and reference
+        log-probs of the samples at `rows` (a rank's: only those it trains on); None elsewhere."""
         olds: list = [None] * len(samples)
         refs: list = [None] * len(samples)
         with torch.no_grad():
-            for start in range(0, len(samples), self.minibatch_sequences):
-                for rows in self._passes(samples, list(range(start, min(start + self.minibatch_sequences, len(samples))))):
-                    chunk = [samples[i] for i in rows]
+            for start in range(0, len(rows), self.minibatch_sequences):
+                for chunk_rows in self._passes(samples, rows[start : start + self.minibatch_sequences]):
+                    chunk = [samples[i] for i in chunk_rows]
                     current, _, _ = response_logprobs(self.model, chunk, self.pad_token_id)  # (b, R)
                     ref = None
                     if self.loss_args["kl_coef"] > 0:
                         ref, _, _ = response_logprobs(self.ref_model, chunk, self.pad_token_id)  # (b, R)
-                    for b, (i, s) in enumerate(zip(rows, chunk)):
+                    for b, (i, s) in enumerate(zip(chunk_rows, chunk)):
                         n = len(s.response_ids)
                         old = current[b, :n].clone()
                         k = len(s.stored_logprobs)
@@ -157,46 +182,74 @@ class TorchTrainer:
                         refs[i] = None if ref is None else ref[b, :n].clone()
         return olds, refs
 
+    def _shares(self, samples: Sequence[PolicySample], minibatches: list[list[int]]) -> list[tuple[list[int], float]]:
+        """This rank's rows of each mini-batch (balanced by tokens over the data-parallel group)
+        and the weight of its loss: 1, or 0 for a rank whose share is empty, which still runs one
+        row so that it joins the gradient reduction with zeros. One rank: every row, weight 1."""
+        rank, world = data_parallel_rank()
+        if world == 1:
+            return [(idx, 1.0) for idx in minibatches]
+        out = []
+        for idx in minibatches:
+            shard = balanced_shards([len(samples[i].prompt_ids) + len(samples[i].response_ids) for i in idx], world)[rank]
+            out.append(([idx[k] for k in shard], 1.0) if shard else (idx[:1], 0.0))
+        return out
+
+    def _accumulate(self, samples, idx, rows, weight, olds, refs, totals: dict[str, float]) -> int:
+        """Add the gradient of mini-batch `idx`'s loss over this rank's `rows` (the token mean
+        divides by the whole mini-batch's token count: summed over ranks it is the mini-batch's
+        gradient). Returns the response tokens it trained on."""
+        n_tokens = sum(len(samples[i].response_ids) for i in idx)
+        passes = self._passes(samples, rows)
+        tokens = 0
+        for p, pass_rows in enumerate(passes):
+            logp, mask, entropy = response_logprobs(self.model, [samples[i] for i in pass_rows], self.pad_token_id, with_entropy=True)  # (b, R)
+            r_max = logp.shape[1]
+
+            def padded(values: list[torch.Tensor]) -> torch.Tensor:
+                out = torch.zeros((len(values), r_max), dtype=logp.dtype, device=logp.device)  # (b, R)
+                for b, row in enumerate(values):
+                    out[b, : len(row)] = row
+                return out
+
+            old = padded([olds[i] for i in pass_rows])
+            adv = padded([torch.tensor(samples[i].advantages, dtype=logp.dtype) for i in pass_rows])
+            ref = padded([refs[i] for i in pass_rows]) if self.loss_args["kl_coef"] > 0 else None
+            loss, stats = ppo_loss(logp, old, adv, mask, ref_logp=ref, entropy=entropy, num_tokens=n_tokens, **self.loss_args)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"The policy loss became {loss.item()} in a mini-batch of this update; the run stops "
+                    "here and keeps its last good checkpoint. Lower optim.lr or check the data for degenerate samples."
+                )
+            self._backward(loss if weight == 1.0 else loss * weight, last=p == len(passes) - 1)
+            if weight:
+                for name in STAT_NAMES:
+                    totals[name] = totals.get(name, 0.0) + float(getattr(stats, name)) * stats.tokens
+                tokens += stats.tokens
+        return tokens
+
     def update(self, samples: Sequence[PolicySample], generator: torch.Generator) -> UpdateStats:
-        """One epoch over `samples` in seeded random order, `minibatch_sequences` per step."""
+        """One epoch over `samples` in seeded random order, `minibatch_sequences` per step.
+
+        Data-parallel (torch.distributed initialised with N ranks, each calling this with the
+        same samples and generator): every rank walks the same mini-batches, trains on its
+        token-balanced share of each, and the gradients are summed before the step, so the N-rank
+        update is the one-rank update up to float rounding; the statistics are the whole batch's."""
         if not samples:
             raise ValueError("update needs at least one sample")
         self.model.train()
-        olds, refs = self._old_and_ref(samples)
         order = torch.randperm(len(samples), generator=generator).tolist()
+        minibatches = [order[start : start + self.minibatch_sequences] for start in range(0, len(order), self.minibatch_sequences)]
+        shares = self._shares(samples, minibatches)
+        mine = sorted({i for rows, _ in shares for i in rows})  # one rank: every sample, in order
+        olds, refs = self._old_and_ref(samples, mine)
         totals: dict[str, float] = {}
-        tokens = minibatches = 0
+        tokens = 0
         grad_norms = []
         self._zero_grad()  # nothing left over from an attempt that failed half-way
-        for start in range(0, len(order), self.minibatch_sequences):
-            idx = order[start : start + self.minibatch_sequences]
-            n_tokens = sum(len(samples[i].response_ids) for i in idx)  # the mini-batch's token mean divides by this
-            passes = self._passes(samples, idx)
-            for p, rows in enumerate(passes):
-                logp, mask, entropy = response_logprobs(self.model, [samples[i] for i in rows], self.pad_token_id, with_entropy=True)  # (b, R)
-                r_max = logp.shape[1]
-
-                def padded(values: list[torch.Tensor]) -> torch.Tensor:
-                    out = torch.zeros((len(values), r_max), dtype=logp.dtype, device=logp.device)  # (b, R)
-                    for b, row in enumerate(values):
-                        out[b, : len(row)] = row
-                    return out
-
-                old = padded([olds[i] for i in rows])
-                adv = padded([torch.tensor(samples[i].advantages, dtype=logp.dtype) for i in rows])
-                ref = padded([refs[i] for i in rows]) if self.loss_args["kl_coef"] > 0 else None
-                loss, stats = ppo_loss(logp, old, adv, mask, ref_logp=ref, entropy=entropy, num_tokens=n_tokens, **self.loss_args)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(
-                        f"The policy loss became {loss.item()} in mini-batch {minibatches} of this update; the run stops "
-                        "here and keeps its last good checkpoint. Lower optim.lr or check the data for degenerate samples."
-                    )
-                self._backward(loss, last=p == len(passes) - 1)
-                for name in ("pg_loss", "kl", "entropy", "clip_frac_high", "clip_frac_low", "dual_clip_frac", "approx_kl"):
-                    totals[name] = totals.get(name, 0.0) + float(getattr(stats, name)) * stats.tokens
-                tokens += stats.tokens
+        for idx, (rows, weight) in zip(minibatches, shares):
+            tokens += self._accumulate(samples, idx, rows, weight, olds, refs, totals)
             grad_norms.append(self._optimizer_step())
-            minibatches += 1
         self.model.eval()
         # a finite loss can still take a step that overflows the weights (a huge lr): stop here,
         # before this update is committed or checkpointed
@@ -205,14 +258,52 @@ class TorchTrainer:
                 "The policy weights became non-finite (NaN/Inf) in this update; the run stops here and keeps its "
                 "last good checkpoint. Lower optim.lr or optim.grad_clip."
             )
-        means = {k: v / max(tokens, 1) for k, v in totals.items()}
+        summed = all_reduce_sum([totals.get(name, 0.0) for name in STAT_NAMES] + [float(tokens)])
+        tokens = int(summed[-1])
+        means = {name: summed[k] / max(tokens, 1) for k, name in enumerate(STAT_NAMES)}
         return UpdateStats(
             **means,
             grad_norm=math.fsum(grad_norms) / len(grad_norms),
             lr=self.lr,
-            minibatches=minibatches,
+            minibatches=len(minibatches),
             tokens=tokens,
         )
+
+    def gradient(self, samples: Sequence[PolicySample]) -> dict[str, torch.Tensor]:
+        """The gradient of the PPO loss over `samples` taken as ONE mini-batch at the current
+        weights, summed over the data-parallel group (what a step would apply, before clipping);
+        the weights and the optimizer are left as they were."""
+        self.model.train()
+        idx = list(range(len(samples)))
+        (rows, weight), = self._shares(samples, [idx])
+        olds, refs = self._old_and_ref(samples, rows)
+        self._zero_grad()
+        self._accumulate(samples, idx, rows, weight, olds, refs, {})
+        self._reduce_gradients()
+        out = {name: p.grad.detach().clone() for name, p in self._module().named_parameters() if p.grad is not None}
+        self._zero_grad()
+        self.model.eval()
+        return out
+
+    def _module(self) -> torch.nn.Module:
+        return self.model
+
+    def _reduce_gradients(self) -> None:
+        """Sum the gradients over the data-parallel group (one flat all-reduce); one rank: nothing."""
+        if data_parallel_rank()[1] == 1:
+            return
+        import torch.distributed as dist
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])  # (P,)
+        dist.all_reduce(flat)
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
@@ -310,9 +401,18 @@ class DeepSpeedTrainer(TorchTrainer):
 
     def _backward(self, loss: torch.Tensor, last: bool) -> None:
         # our passes are the engine's gradient accumulation: reduce and step after the last one;
-        # each pass's loss is already scaled to the mini-batch mean
+        # each pass's loss is already scaled to the mini-batch mean over all ranks' tokens, and
+        # the engine AVERAGES gradients over the ranks, so the loss is scaled up by the world size
+        # to make that average the sum the update needs
         self.engine.set_gradient_accumulation_boundary(last)
-        self.engine.backward(loss, scale_wrt_gas=False)
+        world = data_parallel_rank()[1]
+        self.engine.backward(loss * world if world > 1 else loss, scale_wrt_gas=False)
+
+    def _module(self) -> torch.nn.Module:
+        return self.module
+
+    def _reduce_gradients(self) -> None:
+        """The engine reduces (and partitions, ZeRO-2) the gradients itself at each boundary."""
 
     def _optimizer_step(self) -> float:
         norm = None

@@ -199,10 +199,12 @@ def train(
 @owns_processes
 def resume(
     run: Annotated[str, typer.Argument(help="MLflow run id or run name of the training run to continue.")],
+    set: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Move the run: train.ranks=K or ray.address=... (a checkpoint does not depend on the world size; nothing else of a saved run changes).")] = None,
     tracking_uri: UriOpt = None,
     quiet: QuietOpt = False,
 ):
-    """Continue a training run from its last complete checkpoint, in the same MLflow run."""
+    """Continue a training run from its last complete checkpoint, in the same MLflow run (on
+    another number of ranks with --set train.ranks=K)."""
     from mlflow.tracking import MlflowClient
 
     from flows import tracking
@@ -215,7 +217,7 @@ def resume(
     _quiet_libraries()
     from flows.train import train_flow
 
-    _train_report(train_flow(None, tracking_uri=tracking_uri, resume=run, quiet=quiet))
+    _train_report(train_flow(None, set or [], tracking_uri=tracking_uri, resume=run, quiet=quiet))
 
 
 @app.command()

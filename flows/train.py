@@ -89,17 +89,42 @@ def train_flow(
     the run stops there, is marked KILLED with tag pruned=true, and the result has pruned=True.
     """
     uri = tracking.resolve_uri(tracking_uri)
-    if resume is not None:
-        run = TrainingRun.resume(uri, resume)
+    if resume is not None:  # `overrides` may only move the run (train.ranks, ray: PLACEMENT)
+        cfg = TrainingRun.saved_config(uri, resume, overrides or [])
     else:
         cfg = load_config(config_path, overrides or [])
         check_inputs(cfg)  # a missing data file, benchmark file or model folder fails now, naming its field
         experiment_id = tracking.setup(uri, cfg.name)  # an unusable store fails before any work
-        run = TrainingRun.create(uri, experiment_id, cfg, base_policy(cfg, uri, quiet), run_name, parent_run_id, extra_tags)
+    with ray_cluster(cfg):  # train.ranks > 1: an unreachable cluster or too few CPUs/GPUs fail now
+        if resume is not None:
+            run = TrainingRun.resume(uri, resume, cfg)
+        else:
+            run = TrainingRun.create(uri, experiment_id, cfg, base_policy(cfg, uri, quiet), run_name, parent_run_id, extra_tags)
+        return _train(run, quiet, on_evaluation)
+
+
+@contextmanager
+def ray_cluster(cfg: Config) -> Iterator[None]:
+    """The Ray cluster of a multi-rank run for the duration of the block (tasks/ranks.py
+    `connect`: joined, or started locally and ended here); nothing at all with one rank."""
+    if cfg.train.ranks == 1:
+        yield
+        return
+    from tasks.ranks import connect, disconnect
+
+    started = connect(cfg)
+    try:
+        yield
+    finally:
+        disconnect(started)
+
+
+def _train(run: TrainingRun, quiet: bool, on_evaluation: EvaluationHook | None) -> dict:
     cfg, phases = run.cfg, Phases(run.cfg)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     result = {"run_id": run.run_id, "pruned": False, "checkpoint_dir": str(run.run_dir), "base_eval": run.evaluation_at(step=0), "final_eval": {}}
     result["objective_metric"] = cfg.eval.objective_metric()
+    s = None
     try:
         with sigterm_stops_at_safe_points() as safe_point:
             s = TrainSession(cfg, run.base, run.run_id, run.checkpoint)
@@ -118,13 +143,16 @@ def train_flow(
                     if outcome.pruned:
                         run.finish("KILLED", pruned=True)
                         return {**result, "pruned": True, "pruned_at": it, "best": dict(s.best)}
+        result["final_policy"] = str(save_final_policy(s, run))
     except Preempted:
         run.finish("KILLED")
         raise
     except BaseException:
         run.finish("FAILED")
         raise
-    result["final_policy"] = str(save_final_policy(s, run))
+    finally:
+        if s is not None:
+            s.close()
     run.finish("FINISHED")
     return {**result, "best": dict(s.best)}
 
@@ -220,7 +248,7 @@ def evaluate(s: TrainSession, it: int, phases: Phases, progress: "TrainProgress 
     eval/mean/<metric> when the objective is a mean over several sets)."""
     start = time.perf_counter()
     hook = None if progress is None else progress.evaluating
-    reports = phases.evaluate(s.engine, s.tokenizer, s.cfg.model_dump(mode="json"), seed=phase_seed(s.cfg.seed, it, "evaluate"), progress=hook)
+    reports = phases.evaluate(s.ranks, s.tokenizer, s.cfg.model_dump(mode="json"), seed=phase_seed(s.cfg.seed, it, "evaluate"), progress=hook)
     metrics = {"time/evaluate": time.perf_counter() - start}
     for name, rep in reports.items():
         metrics.update(rep.metrics(f"eval/{name}"))
@@ -244,8 +272,7 @@ def evaluation_summary(cfg: Config, reports: dict[str, EvalReport]) -> dict:
 def save_final_policy(s: TrainSession, run: TrainingRun) -> Path:
     """The trained policy as a from_pretrained folder (written aside, then renamed into place)."""
     final_dir, tmp = run.run_dir / "final_policy", run.run_dir / "final_policy.tmp"
-    s.policy.save_pretrained(tmp)
-    s.tokenizer.save_pretrained(tmp)
+    s.save_policy(tmp)
     if final_dir.exists():
         shutil.rmtree(final_dir)
     tmp.rename(final_dir)

@@ -40,12 +40,14 @@ def branch(s: TrainSession, iteration: int, rolled: RolloutResult) -> BranchResu
     generated = 0
     if cfg.pipeline == "on_policy" and rolled.current and cfg.branches:
         requests = continuation_requests(rolled.current, cfg.data.max_response_tokens)
-        generations = s.engine.generate(
+        generations = s.ranks.generate(
             [r.prefix_ids for r in requests],
             SamplingParams.for_rollout(cfg.rollout, cfg.data.max_response_tokens),
             seed=s.seed(iteration, "branch"),
             max_new_tokens=[r.budget for r in requests],
             n=[cfg.branch.continuations] * len(requests),
+            phase="branch",
+            iteration=iteration,
         )
         flat = attach_continuations(rolled.current, requests, generations)
         assign_rewards(s.tokenizer, [], continuation_targets(rolled.current, requests), timeout_s=cfg.verify.timeout_s)

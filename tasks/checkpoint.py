@@ -56,8 +56,9 @@ def write(run_dir: Path, s: TrainSession) -> Path:
     tmp = run_dir / f"{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save(s.policy.state_dict(), tmp / "policy.pt")
-    torch.save(s.trainer.state_dict(), tmp / "optimizer.pt")
+    weights, optimizer = s.ranks.state_dicts()  # the same on every rank: a checkpoint is world-size free
+    torch.save(weights, tmp / "policy.pt")
+    torch.save(optimizer, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(s.capture()))
     (tmp / "config.json").write_text(json.dumps(s.cfg.model_dump(mode="json"), indent=1))
     torch.save(torch.get_rng_state(), tmp / "rng.pt")

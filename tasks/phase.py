@@ -69,7 +69,12 @@ class InjectedFault(RuntimeError):
 
 class FaultInjector:
     """`train.fault` or ATTNRL_FAULT = 'phase@iteration[,...]' fails that phase's FIRST attempt at
-    that iteration (after it has done its work), then lets the retries pass.
+    that iteration (after it has done its work), then lets the retries pass;
+    'phase@iteration:kill-rank<r>' instead has trainer rank r's process SIGKILL itself in that
+    phase's first attempt (a lost rank, tasks/ranks.py): `rank_to_kill` names it once.
+
+    >>> FaultInjector("update@2:kill-rank1").rank_to_kill("update", 2), FaultInjector("update@2:kill-rank1").rank_to_kill("rollout", 2)
+    (1, None)
 
     >>> faults = FaultInjector("score@2")
     >>> faults.maybe_fail("score", 1)
@@ -94,3 +99,13 @@ class FaultInjector:
             if name == phase and at.isdigit() and int(at) == iteration and (phase, iteration) not in self.fired:
                 self.fired.add((phase, iteration))
                 raise InjectedFault(f"injected fault in phase {phase!r} at iteration {iteration} (first attempt)")
+
+    def rank_to_kill(self, phase: str, iteration: int) -> int | None:
+        spec = os.environ.get("ATTNRL_FAULT") or self.spec
+        for item in (spec or "").split(","):
+            name, _, at = item.strip().partition("@")
+            at, _, kill = at.partition(":kill-rank")
+            if name == phase and at.isdigit() and int(at) == iteration and kill.isdigit() and (phase, iteration, "kill") not in self.fired:
+                self.fired.add((phase, iteration, "kill"))
+                return int(kill)
+        return None

@@ -32,12 +32,14 @@ def rollout(s: TrainSession, iteration: int) -> RolloutResult:
     current = copy.deepcopy(s.pending) if one_step else []
     requests = continuation_requests(current, cfg.data.max_response_tokens) if one_step else []
     G, T = cfg.rollout.group_size, cfg.branch.continuations
-    generations = s.engine.generate(
+    generations = s.ranks.generate(
         prompts + [r.prefix_ids for r in requests],
         SamplingParams.for_rollout(cfg.rollout, cfg.data.max_response_tokens),
         seed=s.seed(iteration, "rollout"),
         max_new_tokens=[cfg.data.max_response_tokens] * len(prompts) + [r.budget for r in requests],
         n=[G] * len(prompts) + [T] * len(requests),
+        phase="rollout",
+        iteration=iteration,
     )
     fresh = [
         PromptGroup(p.id, p.problem, p.answer, p.level, ids, [response_from_generation(g) for g in gens])

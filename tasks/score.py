@@ -1,10 +1,10 @@
-"""Score phase: one policy pass over the freshly sampled responses (log-probs, entropies, FCI)."""
+"""Score phase: one policy pass over the freshly sampled responses (log-probs, entropies, FCI:
+attnrl_core/scoring.py `score_groups`, on every rank's share)."""
 
 from __future__ import annotations
 
 import math
 
-from attnrl_core.scoring import score_groups
 from attnrl_core.trainer import NonFiniteLoss
 from tasks.phase import phase_task
 from tasks.results import RolloutResult, ScoreResult
@@ -16,7 +16,7 @@ def score(s: TrainSession, iteration: int, rolled: RolloutResult) -> ScoreResult
     # one_step_off scores the batch it just sampled (trained on next iteration); on_policy, this one
     groups = rolled.to_plan
     if groups:
-        score_groups(s.policy, groups, s.sep_mask, s.vocab_texts, s.tokenizer.pad_token_id, s.cfg.fci, micro_batch=s.cfg.rollout.max_batch_size)
+        s.ranks.score(groups, iteration=iteration)  # each rank its share of the groups (tasks/ranks.py)
     if any(not math.isfinite(x) for g in groups for r in g.responses for x in (*r.token_logprobs, *r.step_fci)):
         raise NonFiniteLoss(
             f"The policy's log-probs or FCI became non-finite (NaN/Inf) at iteration {iteration}: its weights diverged. "

@@ -1,7 +1,7 @@
 """The long-lived state of one training run: its one owner.
 
-A `TrainSession` holds the live objects (policy, frozen reference, trainer with its optimizer,
-rollout engine) and the run's state between iterations (iteration, problem stream cursor, FCI
+A `TrainSession` holds the run's ranks (tasks/ranks.py: the policy, frozen reference, trainer
+with its optimizer and rollout engine, in this process or on a Ray worker group) and its state between iterations (iteration, problem stream cursor, FCI
 running mean, adaptive batch size, the pending batch of the one-step pipeline, best checkpoint,
 counters). Every attribute is declared in `__init__`. Phases read the session and return typed
 results (tasks/results.py); the flow hands those to the next phase and, once every phase of the
@@ -9,15 +9,14 @@ iteration succeeded, to `commit`, the only place the state between iterations ch
 session is serialised only when a checkpoint is written (`capture`) and rebuilt from one
 (`restore`), never copied to JSON in between.
 
-The update phase must mutate the policy, so it snapshots weights + optimizer on its first
-attempt of an iteration and restores them on a retry (`snapshot_or_restore`).
+The update phase must mutate the policy, so the ranks keep the weights + optimizer of before
+its first attempt of an iteration and restore them on a retry (tasks/ranks.py).
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from typing import Any
+from pathlib import Path
 
 import torch
 
@@ -25,41 +24,37 @@ from attnrl_core import data
 from attnrl_core.adaptive_batch import AdaptiveBatchSize
 from attnrl_core.config import Config
 from attnrl_core.exploration import FCIRunningMean
-from attnrl_core.policy import encode_prompt, load_policy
+from attnrl_core.policy import encode_prompt, load_policy, load_tokenizer
 from attnrl_core.prompt_groups import PromptGroup, from_json, to_json
-from attnrl_core.rollout import engine_class
-from attnrl_core.steps import decode_vocab, separator_mask
-from attnrl_core.trainer import TRAINERS
+from attnrl_core.steps import decode_vocab
 from attnrl_core.verify.pool import default_workers, fallback_pool
 from tasks.phase import FaultInjector, phase_seed
+from tasks.ranks import Rank, RankGroup
 from tasks.results import BranchResult, RolloutResult
 
 
 class TrainSession:
-    """Heavy objects of a run and its state between iterations, built from the base policy and,
-    when resuming, a checkpoint (`checkpoint` = (policy state_dict, optimizer state, state dict))."""
+    """The ranks of a run and its state between iterations, built from the base policy and,
+    when resuming, a checkpoint (`checkpoint` = (policy state_dict, optimizer state, state dict)).
+
+    `ranks` does the heavy work (tasks/ranks.py): one in-process `Rank` with train.ranks 1, a
+    Ray `RankGroup` with more; it also samples for evaluation (the RolloutEngine protocol)."""
 
     def __init__(self, cfg: Config, base: str, mlflow_run_id: str, checkpoint: tuple[dict, dict, dict] | None = None) -> None:
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
-        self.policy, self.tokenizer = load_policy(base, cfg.model)
-        self.reference = None  # the frozen initial policy of the KL term (only when it is used)
-        if cfg.optim.kl_coef > 0:
-            self.reference, _ = load_policy(base, cfg.model)
-            self.reference.eval().requires_grad_(False)
         policy_state, optim_state, state = checkpoint or (None, None, None)
-        if policy_state is not None:
-            self.policy.load_state_dict(policy_state)
-        self.policy.eval()
-        self.engine = engine_class(cfg.rollout.engine).for_run(self.policy, self.tokenizer, base, cfg.rollout)
-        if policy_state is not None:  # an engine of its own starts from the base, not the checkpoint
-            self.engine.update_weights(self.policy)
-        self.trainer = TRAINERS[cfg.train.backend](self.policy, self.reference, self.tokenizer.pad_token_id, cfg.optim, cfg.train)
-        if optim_state is not None:
-            self.trainer.load_state_dict(optim_state)
-        # what scoring and branching need of the tokenizer, computed once
-        self.vocab_texts = decode_vocab(self.tokenizer)
-        self.sep_mask, self.sep_rule = separator_mask(self.tokenizer, vocab_size=self.policy.config.vocab_size)
+        self.faults = FaultInjector(cfg.train.fault)  # per-process bookkeeping, never checkpointed
+        self.ranks: Rank | RankGroup
+        if cfg.train.ranks == 1:
+            self.ranks = Rank(cfg, base, policy_state, optim_state)
+            self.tokenizer, self.vocab_texts = self.ranks.tokenizer, self.ranks.vocab_texts
+        else:
+            self.tokenizer = load_tokenizer(base)
+            self.vocab_texts = decode_vocab(self.tokenizer)  # what branch planning reads of the vocabulary
+            saved = (policy_state, optim_state) if policy_state is not None else None
+            self.ranks = RankGroup(cfg, base, saved, self.faults)
+        self.base = base
         # the state between iterations (captured into every checkpoint)
         self.iteration = 0  # last completed iteration
         self.problems = data.ProblemStream(cfg.data, fits=self._prompt_fits)
@@ -73,12 +68,23 @@ class TrainSession:
         # the verifier's math-verify workers start now, in the background: a rollout's first
         # fallback answers must not spend their time limit waiting for them (verify/pool.py)
         fallback_pool().warm_up(default_workers())
-        # per-process bookkeeping, never checkpointed
-        self.faults = FaultInjector(cfg.train.fault)
-        self._snapshot: tuple[int, Any] | None = None
         self._iteration_start = time.perf_counter()
         if state is not None:
             self.restore(state)
+
+    def close(self) -> None:
+        """End the ranks (a group's actors; a vLLM server of the run's engine)."""
+        self.ranks.close()
+
+    def save_policy(self, folder: Path) -> None:
+        """The current policy as a from_pretrained folder (weights and tokenizer)."""
+        if isinstance(self.ranks, Rank):
+            policy = self.ranks.policy
+        else:  # the weights live on the ranks: a CPU copy of the model to write them from
+            policy, _ = load_policy(self.base, self.cfg.model.model_copy(update={"device": "cpu"}))
+            policy.load_state_dict(self.ranks.state_dicts()[0])
+        policy.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
 
     def _prompt_fits(self, problem: data.Problem) -> bool:
         return len(encode_prompt(self.tokenizer, data.format_prompt(problem.problem))) <= self.cfg.data.max_prompt_tokens
@@ -118,16 +124,6 @@ class TrainSession:
     def seed(self, iteration: int, phase: str) -> int:
         return phase_seed(self.cfg.seed, iteration, phase)
 
-    def snapshot_or_restore(self, iteration: int) -> None:
-        """First update attempt of an iteration: remember weights + optimizer; a retry: restore."""
-        if self._snapshot is not None and self._snapshot[0] == iteration:
-            weights, optim = self._snapshot[1]
-            self.policy.load_state_dict(weights)
-            self.trainer.load_state_dict(copy.deepcopy(optim))
-            return
-        weights = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
-        self._snapshot = (iteration, (weights, copy.deepcopy(self.trainer.state_dict())))
-
     # -- iteration boundaries -----------------------------------------------------------------
     @property
     def prompt_batch_size(self) -> int:
@@ -147,4 +143,3 @@ class TrainSession:
         self.iteration = iteration
         self.generated_tokens += rolled.generated_tokens + plan.generated_tokens
         self.wall_seconds += time.perf_counter() - self._iteration_start
-        self._snapshot = None

@@ -16,11 +16,9 @@ def update(s: TrainSession, iteration: int, plan: BranchResult) -> UpdateResult:
     if not samples:  # the pipeline is priming, or every prompt's leaves agreed
         s.faults.maybe_fail("update", iteration)
         return UpdateResult({"actor/updated": 0.0})
-    s.snapshot_or_restore(iteration)
-    stats = s.trainer.update(samples, s.generator(iteration, "update"))
-    # the engine samples the next batch from the new policy (a no-op for the hf engine, which
-    # shares the trainer's model object; the vllm server reloads the weights in place)
-    s.engine.update_weights(s.policy)
+    # the ranks restore the weights + optimizer of before attempt one on a retry, and every
+    # rank's engine samples the next batch from the new weights (tasks/ranks.py)
+    stats = s.ranks.update(samples, s.seed(iteration, "update"), iteration)
     s.faults.maybe_fail("update", iteration)  # after the weights moved: the retry must undo this attempt
     out = {f"actor/{k}": float(v) for k, v in asdict(stats).items()}
     out["actor/updated"] = 1.0

@@ -102,8 +102,14 @@ class RolloutEngine(Protocol):
         seed: int,
         max_new_tokens: list[int] | None = None,
         n: list[int] | None = None,
+        prompt_index: list[int] | None = None,
     ) -> list[list[Generation]]:
         """Sample `params.n` (or `n[i]`) continuations of every prompt; returns [prompt index][sample index].
+
+        `prompt_index`, when given, is the index each prompt's random streams are keyed by
+        (`row_seed(seed, prompt_index[i], j)`; default: its position in `prompts`). A rank that
+        generates its share of a larger call passes the prompts' places in the whole call, so
+        sharding a call over ranks gives the same samples as one engine taking all of it.
 
         `n`, when given, is one sample count per prompt replacing `params.n`: one call can hold
         the G initial samples of new prompts AND the T continuations of branch points (docs/method.md §7).
@@ -164,6 +170,19 @@ def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     True
     """
     return _splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ prompt_index) ^ sample_index) >> 1
+
+
+def resolve_prompt_index(prompts: list[list[int]], prompt_index: list[int] | None) -> list[int]:
+    """The index each prompt's random streams are keyed by: `prompt_index` or the positions.
+
+    >>> resolve_prompt_index([[1], [2]], None), resolve_prompt_index([[1], [2]], [4, 9])
+    ([0, 1], [4, 9])
+    """
+    if prompt_index is None:
+        return list(range(len(prompts)))
+    if len(prompt_index) != len(prompts):
+        raise AttnRLError(f"prompt_index has {len(prompt_index)} entries for {len(prompts)} prompts: give exactly one per prompt.")
+    return list(prompt_index)
 
 
 def resolve_counts(prompts: list[list[int]], params: SamplingParams, n: list[int] | None) -> list[int]:

@@ -40,7 +40,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from attnrl_core.batching import pad_token_rows
 from attnrl_core.errors import AttnRLError
-from attnrl_core.rollout import Generation, SamplingParams, resolve_budgets, resolve_counts, row_seed
+from attnrl_core.rollout import Generation, SamplingParams, resolve_budgets, resolve_counts, resolve_prompt_index, row_seed
 
 
 def sampling_logprobs(
@@ -147,13 +147,16 @@ class HFEngine:
         seed: int,
         max_new_tokens: list[int] | None = None,
         n: list[int] | None = None,
+        prompt_index: list[int] | None = None,
     ) -> list[list[Generation]]:
         """Sample params.n (or n[i]) continuations per prompt; returns [prompt index][sample index].
 
-        See the module docstring for batching, randomness and the determinism guaranteed.
+        See the module docstring for batching, randomness and the determinism guaranteed;
+        `prompt_index` keys the random streams (RolloutEngine.generate).
         """
         budgets = resolve_budgets(prompts, params, max_new_tokens)
         counts = resolve_counts(prompts, params, n)
+        keys = resolve_prompt_index(prompts, prompt_index)
         self._check_context_length(prompts, budgets)
         results = [[Generation() for _ in range(counts[i])] for i in range(len(prompts))]
         # greedy samples of one prompt are all the same sequence: decode one, copy it to the rest
@@ -165,7 +168,7 @@ class HFEngine:
             with torch.inference_mode():
                 for start in range(0, len(rows), self.max_batch_size):
                     micro_batch = rows[start : start + self.max_batch_size]
-                    self._decode(prompts, micro_batch, budgets, params, seed, results)
+                    self._decode(prompts, micro_batch, budgets, params, seed, results, keys)
         finally:
             self.model.train(was_training)
         for per_prompt, count in zip(results, decoded):
@@ -174,7 +177,7 @@ class HFEngine:
                 per_prompt[j] = Generation(list(first.token_ids), list(first.logprobs), first.finished)
         return results
 
-    def _decode(self, prompts, rows, budgets, params, seed, results) -> None:
+    def _decode(self, prompts, rows, budgets, params, seed, results, keys) -> None:
         device = self.device
         distinct = list(dict.fromkeys(i for i, _ in rows))
         slot = {i: s for s, i in enumerate(distinct)}
@@ -200,7 +203,7 @@ class HFEngine:
         uniforms = torch.zeros((len(rows), horizon), dtype=torch.float64)  # (R, horizon)
         if not params.greedy:
             for r, (i, j) in enumerate(rows):
-                stream = torch.Generator().manual_seed(row_seed(seed, i, j))
+                stream = torch.Generator().manual_seed(row_seed(seed, keys[i], j))
                 uniforms[r, : budgets[i]] = torch.rand(budgets[i], generator=stream, dtype=torch.float64)
         uniforms = uniforms.to(device)
         eos = torch.tensor(self.eos_token_ids if params.stop_at_eos else [], dtype=torch.long, device=device)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from attnrl_core.errors import AttnRLError
-from attnrl_core.rollout import Generation, SamplingParams, resolve_budgets, resolve_counts, row_seed
+from attnrl_core.rollout import Generation, SamplingParams, resolve_budgets, resolve_counts, resolve_prompt_index, row_seed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_SCRIPT = REPO_ROOT / "vllm_server" / "server.py"
@@ -164,21 +164,24 @@ class VLLMEngine:
         seed: int,
         max_new_tokens: list[int] | None = None,
         n: list[int] | None = None,
+        prompt_index: list[int] | None = None,
     ) -> list[list[Generation]]:
-        """Sample params.n (or n[i]) continuations per prompt; returns [prompt index][sample index].
+        """Sample params.n (or n[i]) continuations per prompt; returns [prompt index][sample index];
+        `prompt_index` keys the request seeds (RolloutEngine.generate).
 
         Not deterministic (see the module docstring); shapes, budgets, EOS and log-prob
         semantics are those of the hf engine.
         """
         budgets = resolve_budgets(prompts, params, max_new_tokens)
         counts = resolve_counts(prompts, params, n)
+        keys = resolve_prompt_index(prompts, prompt_index)
         results = [[Generation() for _ in range(count)] for count in counts]
         sent = [i for i, budget in enumerate(budgets) if budget > 0]  # vLLM rejects max_tokens=0
         if not sent:
             return results
         request = {
             "prompts": [list(map(int, prompts[i])) for i in sent],
-            "seeds": [row_seed(seed, i, 0) >> 31 for i in sent],
+            "seeds": [row_seed(seed, keys[i], 0) >> 31 for i in sent],
             "max_new_tokens": [budgets[i] for i in sent],
             "n": [counts[i] for i in sent],
             "temperature": params.temperature,

@@ -101,7 +101,7 @@ def test_length_micro_batches():
 def test_old_logprobs_use_the_stored_prefix_then_the_current_policy():
     model = tiny_model()
     trainer = TorchTrainer(model, None, PAD, OptimConfig(lr=1e-3, kl_coef=0.0, minibatch_sequences=192, micro_batch_tokens=0))
-    olds, refs = trainer._old_and_ref(SAMPLES)
+    olds, refs = trainer._old_and_ref(SAMPLES, list(range(len(SAMPLES))))
     current, _, _ = response_logprobs(model, SAMPLES, PAD)
     assert olds[0][:2].tolist() == [-2.0, -2.5]
     assert torch.allclose(olds[0][2:], current[0, 2:4])

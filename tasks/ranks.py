@@ -1,0 +1,370 @@
+"""Trainer ranks: where the heavy work of a run happens (rollout, scoring, update).
+
+A `Rank` holds one trainer rank's live objects — the policy, the frozen reference, the trainer
+with its optimizer, the rollout engine — and does the phases' heavy work on them. With
+`train.ranks: 1` the session holds one Rank in the flow's own process and nothing else runs
+(no Ray). With N > 1 it holds a `RankGroup`: N Ray actors, each one Rank on one CPU thread or
+one GPU, joined in one torch.distributed group (gloo on CPU, NCCL on GPUs). Both answer the same
+calls, so the phases do not know which they talk to:
+
+    ranks.generate(prompts, params, seed, max_new_tokens, n)   # the RolloutEngine protocol
+    ranks.score(groups)                 # fills log-probs, entropies, FCI of the groups in place
+    ranks.update(samples, seed, it)     # one PPO epoch -> UpdateStats (the whole batch's)
+    ranks.state_dicts()                 # (weights, optimizer) for a checkpoint, world-size free
+
+The group is verl's single controller with Ray doing the dispatch: the flow shards each call
+(prompts by n x (prompt + budget) tokens, prompt groups by their tokens, `balanced_shards`),
+every rank works on its share, and the flow gathers. Sharding is invisible in the results:
+each prompt's random streams are keyed by its place in the whole call (`prompt_index`), and the
+update sums the ranks' gradients of a loss whose token mean divides by the whole mini-batch's
+tokens (attnrl_core/trainer.py), so an N-rank run is the 1-rank run up to float rounding. Only
+the flow talks to Prefect and MLflow; ranks log nothing.
+
+A lost rank (its process killed, out of memory, its node gone) fails the phase's call with
+`RankLost`; the group ends its other actors, and Prefect retries the phase. The retry finds the
+group down and rebuilds it from `state`: the weights and optimizer state as of the last
+successful update, which the flow keeps in memory (fetched from rank 0 after every update, the
+one transfer per iteration this costs). Every phase of an iteration starts from that state, so
+the retried phase re-runs from exactly where the first attempt started.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+from datetime import timedelta
+from typing import Any, Sequence
+
+import torch
+
+from attnrl_core.batching import balanced_shards
+from attnrl_core.config import Config
+from attnrl_core.errors import AttnRLError
+from attnrl_core.policy import load_policy
+from attnrl_core.prompt_groups import PromptGroup
+from attnrl_core.rollout import Generation, SamplingParams, engine_class, resolve_budgets, resolve_counts, resolve_prompt_index
+from attnrl_core.scoring import score_groups
+from attnrl_core.steps import decode_vocab, separator_mask
+from attnrl_core.trainer import TRAINERS, PolicySample, UpdateStats
+from tasks.phase import FaultInjector
+
+
+class Rank:
+    """One trainer rank's policy, reference, trainer and engine, from the base policy and, when
+    continuing, saved `weights` and `optimizer` state."""
+
+    def __init__(self, cfg: Config, base: str, weights: dict | None = None, optimizer: dict | None = None) -> None:
+        self.cfg = cfg
+        self.policy, self.tokenizer = load_policy(base, cfg.model)
+        self.reference = None  # the frozen initial policy of the KL term (only when it is used)
+        if cfg.optim.kl_coef > 0:
+            self.reference, _ = load_policy(base, cfg.model)
+            self.reference.eval().requires_grad_(False)
+        if weights is not None:
+            self.policy.load_state_dict(weights)
+        self.policy.eval()
+        self.engine = engine_class(cfg.rollout.engine).for_run(self.policy, self.tokenizer, base, cfg.rollout)
+        if weights is not None:  # an engine of its own starts from the base, not the checkpoint
+            self.engine.update_weights(self.policy)
+        self.trainer = TRAINERS[cfg.train.backend](self.policy, self.reference, self.tokenizer.pad_token_id, cfg.optim, cfg.train)
+        if optimizer is not None:
+            self.trainer.load_state_dict(optimizer)
+        # what scoring needs of the tokenizer, computed once
+        self.vocab_texts = decode_vocab(self.tokenizer)
+        self.sep_mask, self.sep_rule = separator_mask(self.tokenizer, vocab_size=self.policy.config.vocab_size)
+        self._snapshot: tuple[int, Any] | None = None
+
+    def generate(self, prompts, params: SamplingParams, seed: int, max_new_tokens=None, n=None, prompt_index=None, phase=None, iteration=None) -> list[list[Generation]]:
+        """The engine's generate (`phase` and `iteration` only matter to a group's fault injection)."""
+        return self.engine.generate(prompts, params, seed=seed, max_new_tokens=max_new_tokens, n=n, prompt_index=prompt_index)
+
+    def update_weights(self, source: Any) -> None:
+        """The engine protocol's weight sync: a rank's engine is synced after its own update."""
+
+    def score(self, groups: Sequence[PromptGroup], iteration: int | None = None) -> Sequence[PromptGroup]:
+        score_groups(self.policy, groups, self.sep_mask, self.vocab_texts, self.tokenizer.pad_token_id, self.cfg.fci, micro_batch=self.cfg.rollout.max_batch_size)
+        return groups
+
+    def update(self, samples: Sequence[PolicySample], seed: int, iteration: int, snapshot: bool = True) -> UpdateStats:
+        """One PPO epoch; mutates the policy, so (`snapshot`) its first attempt of an iteration
+        remembers weights + optimizer and a retry restores them first. A group keeps that state
+        in the flow instead (snapshot=False)."""
+        if snapshot:
+            self._snapshot_or_restore(iteration)
+        stats = self.trainer.update(samples, torch.Generator().manual_seed(seed))
+        # the engine samples the next batch from the new policy (a no-op for the hf engine, which
+        # shares the trainer's model object; the vllm server reloads the weights in place)
+        self.engine.update_weights(self.policy)
+        return stats
+
+    def gradient(self, samples: Sequence[PolicySample]) -> dict[str, torch.Tensor]:
+        return self.trainer.gradient(samples)
+
+    def state_dicts(self) -> tuple[dict, dict]:
+        return self.policy.state_dict(), self.trainer.state_dict()
+
+    def load_state_dicts(self, weights: dict, optimizer: dict) -> None:
+        self.policy.load_state_dict(weights)
+        self.trainer.load_state_dict(copy.deepcopy(optimizer))
+        self.engine.update_weights(self.policy)
+
+    def _snapshot_or_restore(self, iteration: int) -> None:
+        if self._snapshot is not None and self._snapshot[0] == iteration:
+            self.load_state_dicts(*self._snapshot[1])
+            return
+        weights = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        self._snapshot = (iteration, (weights, copy.deepcopy(self.trainer.state_dict())))
+
+    def close(self) -> None:
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
+
+class RankLost(RuntimeError):
+    """A rank's process died during a call; the phase is retried on a rebuilt group."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+class RankActor:
+    """The body of one rank's Ray actor (wrapped with ray.remote by RankGroup)."""
+
+    def address(self) -> tuple[str, int]:
+        """Where rank 0 listens for the others to join the process group."""
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def setup(self, cfg_json: dict, base: str, rank: int, world: int, master: tuple[str, int], state: tuple[dict, dict] | None) -> None:
+        import torch.distributed as dist
+
+        cfg = Config.model_validate(cfg_json)
+        gpu = cfg.model.device.startswith("cuda")
+        # what torchrun would export: DeepSpeed reads these to find the existing group
+        os.environ.update({"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world), "MASTER_ADDR": master[0], "MASTER_PORT": str(master[1])})
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        dist.init_process_group("nccl" if gpu else "gloo", init_method=f"tcp://{master[0]}:{master[1]}", rank=rank, world_size=world, timeout=timedelta(seconds=600))
+        weights, optimizer = state if state is not None else (None, None)
+        self.rank = Rank(cfg, base, weights, optimizer)
+
+    def call(self, method: str, args: tuple, die: bool = False) -> Any:
+        """`Rank.method(*args)`; an ObjectRef among the args (one object shared by all ranks)
+        is fetched first."""
+        import ray
+
+        if die:  # fault injection: this rank's process is lost mid-phase (its peers are working)
+            os.kill(os.getpid(), signal.SIGKILL)
+        args = tuple(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args)
+        return getattr(self.rank, method)(*args)
+
+
+class RankGroup:
+    """N Ray actors, one Rank each, in one torch.distributed group; the flow's handle on them.
+
+    `state` = (weights, optimizer) as of the last successful update: the group is built from it
+    (at the start, and again after a lost rank), and checkpoints are written from it.
+    """
+
+    def __init__(self, cfg: Config, base: str, state: tuple[dict, dict] | None, faults: FaultInjector) -> None:
+        self.cfg, self.base, self.faults = cfg, base, faults
+        self.world = cfg.train.ranks
+        self.actors: list | None = None
+        self.state = state
+        self._updated: int | None = None  # the iteration whose update last started
+        self.rebuilds = 0
+        self._start()
+        if self.state is None:  # the base weights and a fresh optimizer: what a rebuild starts from
+            self.state = self._gather([self.actors[0].call.remote("state_dicts", ())])[0]
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def _start(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        gpu = self.cfg.model.device.startswith("cuda")
+        bundle = {"GPU": 1, "CPU": 1} if gpu else {"CPU": 1}
+        self._group = ray.util.placement_group([bundle] * self.world, strategy="PACK")
+        # a busy cluster (a sweep's other trials) frees ranks in time: wait for them
+        ready, _ = ray.wait([self._group.ready()], timeout=self.cfg.ray.placement_timeout_s)
+        if not ready:
+            ray.util.remove_placement_group(self._group)
+            raise AttnRLError(
+                f"train.ranks = {self.world}: the Ray cluster did not free {self.world} {'GPUs' if gpu else 'CPUs'} within "
+                f"ray.placement_timeout_s = {self.cfg.ray.placement_timeout_s:g} s (free now: {ray.available_resources()})."
+            )
+        remote = ray.remote(RankActor)
+        self.actors = [
+            remote.options(
+                num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=0, max_concurrency=1,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=r),
+            ).remote()
+            for r in range(self.world)
+        ]  # fmt: skip
+        master = self._gather([self.actors[0].address.remote()])[0]
+        state_ref = ray.put(self.state) if self.state is not None else None
+        cfg_json = self.cfg.model_dump(mode="json")
+        self._gather([a.setup.remote(cfg_json, self.base, r, self.world, master, state_ref) for r, a in enumerate(self.actors)])
+
+    def _stop(self) -> None:
+        import ray
+
+        for actor in self.actors or []:
+            ray.kill(actor, no_restart=True)
+        if self.actors is not None:
+            ray.util.remove_placement_group(self._group)
+        self.actors = None
+
+    def close(self) -> None:
+        self._stop()
+
+    def _ensure(self) -> None:
+        """A group that lost a rank is rebuilt from `state` before the (retried) call."""
+        if self.actors is None:
+            self.rebuilds += 1
+            self._start()
+
+    def _gather(self, refs: list) -> list:
+        """Results of calls on the ranks, in order; the first failure ends the whole group (its
+        peers may wait on the lost one in a collective) and is raised: a dead rank as RankLost
+        (retried), anything else as it was (a user error stays one)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done[0])
+            except RayActorError as exc:
+                self._stop()
+                raise RankLost(f"a trainer rank's process died ({type(exc).__name__}); the phase is retried on a rebuilt worker group") from None
+            except BaseException:
+                self._stop()
+                raise
+        return ray.get(refs)
+
+    def _call(self, method: str, per_rank: list[tuple], phase: str | None = None, iteration: int | None = None) -> list:
+        """`method(*per_rank[r])` on every rank with work, at once; results in rank order (None
+        for a rank without work)."""
+        self._ensure()
+        doomed = self.faults.rank_to_kill(phase, iteration) if phase is not None else None
+        calls = {r: self.actors[r].call.remote(method, args, die=r == doomed) for r, args in enumerate(per_rank) if args is not None}
+        results = dict(zip(calls, self._gather(list(calls.values()))))
+        return [results.get(r) for r in range(self.world)]
+
+    # -- the calls of the phases --------------------------------------------------------------
+    def generate(self, prompts, params: SamplingParams, seed: int, max_new_tokens=None, n=None, prompt_index=None, phase: str | None = None, iteration: int | None = None) -> list[list[Generation]]:
+        """The RolloutEngine protocol over the ranks: each generates its share of the prompts,
+        balanced by n x (prompt + budget) tokens, keyed by their places in the whole call."""
+        budgets = resolve_budgets(prompts, params, max_new_tokens)
+        counts = resolve_counts(prompts, params, n)
+        keys = resolve_prompt_index(prompts, prompt_index)
+        decoded = [1 if params.greedy else c for c in counts]
+        shards = balanced_shards([d * (len(p) + b) for d, p, b in zip(decoded, prompts, budgets)], self.world)
+        per_rank = [
+            ([prompts[i] for i in shard], params, seed, [budgets[i] for i in shard], [counts[i] for i in shard], [keys[i] for i in shard]) if shard else None
+            for shard in shards
+        ]
+        results: list[list[Generation]] = [[] for _ in prompts]
+        for shard, out in zip(shards, self._call("generate", per_rank, phase, iteration)):
+            for i, generations in zip(shard, out or []):
+                results[i] = generations
+        return results
+
+    def update_weights(self, source: Any) -> None:
+        """The engine protocol's weight sync: each rank syncs its own engine after the update."""
+
+    def score(self, groups: Sequence[PromptGroup], iteration: int | None = None) -> Sequence[PromptGroup]:
+        """Each rank scores its share of the prompt groups (balanced by tokens); the scoring
+        fields come back into the flow's own group objects."""
+        shards = balanced_shards([sum(len(g.prompt_ids) + len(r.token_ids) for r in g.responses) for g in groups], self.world)
+        per_rank = [([groups[i] for i in shard],) if shard else None for shard in shards]
+        for shard, out in zip(shards, self._call("score", per_rank, "score", iteration)):
+            for i, scored in zip(shard, out or []):
+                for mine, theirs in zip(groups[i].responses, scored.responses):
+                    mine.step_spans, mine.token_logprobs = theirs.step_spans, theirs.token_logprobs
+                    mine.token_entropy, mine.step_fci = theirs.token_entropy, theirs.step_fci
+        return groups
+
+    def update(self, samples: Sequence[PolicySample], seed: int, iteration: int) -> UpdateStats:
+        """Every rank runs the same epoch on its share of each mini-batch; a retry of the same
+        iteration first puts the state of before the first attempt back on the ranks."""
+        import ray
+
+        if self._updated == iteration and self.actors is not None:
+            weights, optimizer = ray.put(self.state[0]), ray.put(self.state[1])
+            self._call("load_state_dicts", [(weights, optimizer)] * self.world)
+        self._updated = iteration
+        ref = ray.put(list(samples))
+        stats = self._call("update", [(ref, seed, iteration, False)] * self.world, "update", iteration)[0]
+        self.state = self._call("state_dicts", [()] + [None] * (self.world - 1))[0]
+        return stats
+
+    def gradient(self, samples: Sequence[PolicySample]) -> dict[str, torch.Tensor]:
+        import ray
+
+        ref = ray.put(list(samples))
+        return self._call("gradient", [(ref,)] * self.world)[0]
+
+    def state_dicts(self) -> tuple[dict, dict]:
+        return self.state
+
+
+def connect(cfg: Config) -> bool:
+    """Join or start the Ray cluster of a run with train.ranks > 1, checking that it can hold
+    the ranks; True when this call started a local Ray (then `disconnect` ends it).
+
+    ray.address null: a local Ray on 127.0.0.1 sized to the ranks (this machine must have that
+    many CPUs, or GPUs when model.device is cuda); 'auto' / 'host:port': a running cluster. An
+    unreachable address, or ranks beyond what the cluster has, fail here naming the field.
+    """
+    import ray
+
+    gpu = cfg.model.device.startswith("cuda")
+    kind = "GPU" if gpu else "CPU"
+    started = False
+    if not ray.is_initialized():
+        if cfg.ray.address is None:
+            have = torch.cuda.device_count() if gpu else (os.cpu_count() or 1)
+            if cfg.train.ranks > have:
+                raise AttnRLError(
+                    f"train.ranks = {cfg.train.ranks}, but this machine has {have} {kind}s for a local Ray (ray.address: null): "
+                    f"lower train.ranks to at most {have}, or set ray.address to a cluster that has {cfg.train.ranks}."
+                )
+            ray.init(
+                address="local", num_cpus=max(cfg.train.ranks, 1), num_gpus=cfg.train.ranks if gpu else 0,
+                include_dashboard=False, log_to_driver=False, configure_logging=False,
+            )  # fmt: skip
+            started = True
+        else:
+            try:
+                ray.init(address=cfg.ray.address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise AttnRLError(
+                    f"ray.address = {cfg.ray.address!r}: no Ray cluster could be reached there ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else 'no answer'}). Start one with `ray start --head`, give its "
+                    "address, or set ray.address to null for a local Ray sized to train.ranks."
+                ) from None
+    total = ray.cluster_resources().get(kind, 0)
+    if cfg.train.ranks > total:
+        if started:
+            ray.shutdown()
+        raise AttnRLError(
+            f"train.ranks = {cfg.train.ranks}, but the Ray cluster ({cfg.ray.address or 'local'}) has {total:g} {kind}s in all: "
+            f"lower train.ranks or add nodes."
+        )
+    return started
+
+
+def disconnect(started: bool) -> None:
+    if started:
+        import ray
+
+        ray.shutdown()
