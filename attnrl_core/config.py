@@ -518,7 +518,10 @@ class Config(_Section):
         tree = self.model_dump(mode="json")
         for dotted in PLACEMENT:
             section, _, name = dotted.partition(".")
-            (tree.get(section) or {}).pop(name, None) if name else tree.pop(section, None)
+            if name:
+                tree[section].pop(name)
+            else:
+                tree.pop(section)
         blob = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -102,43 +102,32 @@ class TrainingRun:
         return cls(client, run_id, cfg, str(base), run_dir, None, 0)
 
     @classmethod
-    def saved_config(cls, uri: str, ref: str, placement: list[str] | None = None) -> Config:
-        """The config of run `ref` (id or name) as its last complete checkpoint (or, before its
-        first, its config tag) saved it, moved by `placement` (`with_placement`: train.ranks,
-        ray.*; a checkpoint does not depend on the world size)."""
-        run, run_dir = cls._find(uri, ref)
-        done = ckpt.complete_checkpoints(run_dir)
-        if done:
-            saved = json.loads((done[-1] / "config.json").read_text())
-        elif "config_json" in run.data.tags:
-            saved = json.loads(run.data.tags["config_json"])
-        else:
-            raise AttnRLError(f"Run {ref!r} has no complete checkpoint and no saved config to restart from.")
-        return with_placement(Config.model_validate(saved), placement or [])
-
-    @classmethod
-    def resume(cls, uri: str, ref: str, cfg: Config) -> "TrainingRun":
+    def resume(cls, uri: str, ref: str, placement: list[str] | None = None) -> "TrainingRun":
         """The run `ref` (id or name) from its last complete checkpoint, or from its start inside
-        the same MLflow run when it was killed before its first one; `cfg` = `saved_config`."""
-        run, run_dir = cls._find(uri, ref)
-        run_id = run.info.run_id
-        done = ckpt.complete_checkpoints(run_dir)
-        checkpoint = None
-        if done:
-            policy_state, optim_state, state, _ = ckpt.load(done[-1])
-            checkpoint = (policy_state, optim_state, state)
-        client = MlflowClient(uri)
-        history = client.get_metric_history(run_id, SENTINEL)
-        client.update_run(run_id, status="RUNNING")
-        return cls(client, run_id, cfg, run.data.tags["base_policy"], run_dir, checkpoint, max((int(m.step) for m in history), default=0))
-
-    @staticmethod
-    def _find(uri: str, ref: str):
+        the same MLflow run when it was killed before its first one; `placement` may move it
+        (`with_placement`: train.ranks, ray.*; a checkpoint does not depend on the world size).
+        `mark_running` marks it running again once the run really starts."""
         tracking.preflight(uri)
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
         run = tracking.find_run(client, [e.experiment_id for e in client.search_experiments()], ref)
-        return run, Path(run.data.tags.get("checkpoint_dir", RUNS_DIR / "checkpoints" / run.info.run_id))
+        run_id = run.info.run_id
+        run_dir = Path(run.data.tags.get("checkpoint_dir", RUNS_DIR / "checkpoints" / run_id))
+        done = ckpt.complete_checkpoints(run_dir)
+        if done:
+            policy_state, optim_state, state, cfg_saved = ckpt.load(done[-1])
+            cfg, checkpoint = Config.model_validate(cfg_saved), (policy_state, optim_state, state)
+        elif "config_json" in run.data.tags:
+            cfg, checkpoint = Config.model_validate(json.loads(run.data.tags["config_json"])), None
+        else:
+            raise AttnRLError(f"Run {ref!r} has no complete checkpoint and no saved config to restart from.")
+        cfg = with_placement(cfg, placement or [])
+        history = client.get_metric_history(run_id, SENTINEL)
+        return cls(client, run_id, cfg, run.data.tags["base_policy"], run_dir, checkpoint, max((int(m.step) for m in history), default=0))
+
+    def mark_running(self) -> None:
+        """The run is (again) running: what a resumed run's page shows from here on."""
+        self.client.update_run(self.run_id, status="RUNNING")
 
     # -- logging ------------------------------------------------------------------------------
     def fresh(self, iteration: int) -> bool:

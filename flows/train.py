@@ -35,6 +35,7 @@ from tasks import checkpoint as ckpt
 from tasks.branch import branch
 from tasks.evaluate import evaluate_policy
 from tasks.phase import phase_seed
+from tasks.ranks import ray_cluster
 from tasks.rollout import rollout
 from tasks.score import score
 from tasks.session import TrainSession
@@ -90,37 +91,21 @@ def train_flow(
     """
     uri = tracking.resolve_uri(tracking_uri)
     if resume is not None:  # `overrides` may only move the run (train.ranks, ray: PLACEMENT)
-        cfg = TrainingRun.saved_config(uri, resume, overrides or [])
+        run = TrainingRun.resume(uri, resume, overrides or [])
+        cfg = run.cfg
     else:
         cfg = load_config(config_path, overrides or [])
         check_inputs(cfg)  # a missing data file, benchmark file or model folder fails now, naming its field
         experiment_id = tracking.setup(uri, cfg.name)  # an unusable store fails before any work
     with ray_cluster(cfg):  # train.ranks > 1: an unreachable cluster or too few CPUs/GPUs fail now
-        if resume is not None:
-            run = TrainingRun.resume(uri, resume, cfg)
-        else:
+        if resume is None:
             run = TrainingRun.create(uri, experiment_id, cfg, base_policy(cfg, uri, quiet), run_name, parent_run_id, extra_tags)
         return _train(run, quiet, on_evaluation)
 
 
-@contextmanager
-def ray_cluster(cfg: Config) -> Iterator[None]:
-    """The Ray cluster of a multi-rank run for the duration of the block (tasks/ranks.py
-    `connect`: joined, or started locally and ended here); nothing at all with one rank."""
-    if cfg.train.ranks == 1:
-        yield
-        return
-    from tasks.ranks import connect, disconnect
-
-    started = connect(cfg)
-    try:
-        yield
-    finally:
-        disconnect(started)
-
-
 def _train(run: TrainingRun, quiet: bool, on_evaluation: EvaluationHook | None) -> dict:
     cfg, phases = run.cfg, Phases(run.cfg)
+    run.mark_running()
     run.run_dir.mkdir(parents=True, exist_ok=True)
     result = {"run_id": run.run_id, "pruned": False, "checkpoint_dir": str(run.run_dir), "base_eval": run.evaluation_at(step=0), "final_eval": {}}
     result["objective_metric"] = cfg.eval.objective_metric()

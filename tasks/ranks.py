@@ -7,7 +7,7 @@ with its optimizer, the rollout engine — and does the phases' heavy work on th
 one GPU, joined in one torch.distributed group (gloo on CPU, NCCL on GPUs). Both answer the same
 calls, so the phases do not know which they talk to:
 
-    ranks.generate(prompts, params, seed, max_new_tokens, n)   # the RolloutEngine protocol
+    ranks.generate(prompts, params, seed, max_new_tokens, n)   # as RolloutEngine.generate
     ranks.score(groups)                 # fills log-probs, entropies, FCI of the groups in place
     ranks.update(samples, seed, it)     # one PPO epoch -> UpdateStats (the whole batch's)
     ranks.state_dicts()                 # (weights, optimizer) for a checkpoint, world-size free
@@ -34,8 +34,9 @@ import copy
 import os
 import signal
 import socket
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -79,9 +80,6 @@ class Rank:
     def generate(self, prompts, params: SamplingParams, seed: int, max_new_tokens=None, n=None, prompt_index=None, phase=None, iteration=None) -> list[list[Generation]]:
         """The engine's generate (`phase` and `iteration` only matter to a group's fault injection)."""
         return self.engine.generate(prompts, params, seed=seed, max_new_tokens=max_new_tokens, n=n, prompt_index=prompt_index)
-
-    def update_weights(self, source: Any) -> None:
-        """The engine protocol's weight sync: a rank's engine is synced after its own update."""
 
     def score(self, groups: Sequence[PromptGroup], iteration: int | None = None) -> Sequence[PromptGroup]:
         score_groups(self.policy, groups, self.sep_mask, self.vocab_texts, self.tokenizer.pad_token_id, self.cfg.fci, micro_batch=self.cfg.rollout.max_batch_size)
@@ -261,7 +259,7 @@ class RankGroup:
 
     # -- the calls of the phases --------------------------------------------------------------
     def generate(self, prompts, params: SamplingParams, seed: int, max_new_tokens=None, n=None, prompt_index=None, phase: str | None = None, iteration: int | None = None) -> list[list[Generation]]:
-        """The RolloutEngine protocol over the ranks: each generates its share of the prompts,
+        """RolloutEngine.generate over the ranks: each generates its share of the prompts,
         balanced by n x (prompt + budget) tokens, keyed by their places in the whole call."""
         budgets = resolve_budgets(prompts, params, max_new_tokens)
         counts = resolve_counts(prompts, params, n)
@@ -277,9 +275,6 @@ class RankGroup:
             for i, generations in zip(shard, out or []):
                 results[i] = generations
         return results
-
-    def update_weights(self, source: Any) -> None:
-        """The engine protocol's weight sync: each rank syncs its own engine after the update."""
 
     def score(self, groups: Sequence[PromptGroup], iteration: int | None = None) -> Sequence[PromptGroup]:
         """Each rank scores its share of the prompt groups (balanced by tokens); the scoring
@@ -317,14 +312,18 @@ class RankGroup:
         return self.state
 
 
-def connect(cfg: Config) -> bool:
-    """Join or start the Ray cluster of a run with train.ranks > 1, checking that it can hold
-    the ranks; True when this call started a local Ray (then `disconnect` ends it).
+@contextmanager
+def ray_cluster(cfg: Config) -> Iterator[None]:
+    """The Ray cluster of a run with train.ranks > 1 for the duration of the block, checked up
+    front to hold the ranks; a Ray this started locally ends with the block. One rank: nothing.
 
     ray.address null: a local Ray on 127.0.0.1 sized to the ranks (this machine must have that
     many CPUs, or GPUs when model.device is cuda); 'auto' / 'host:port': a running cluster. An
     unreachable address, or ranks beyond what the cluster has, fail here naming the field.
     """
+    if cfg.train.ranks == 1:
+        yield
+        return
     import ray
 
     gpu = cfg.model.device.startswith("cuda")
@@ -339,7 +338,7 @@ def connect(cfg: Config) -> bool:
                     f"lower train.ranks to at most {have}, or set ray.address to a cluster that has {cfg.train.ranks}."
                 )
             ray.init(
-                address="local", num_cpus=max(cfg.train.ranks, 1), num_gpus=cfg.train.ranks if gpu else 0,
+                address="local", num_cpus=cfg.train.ranks, num_gpus=cfg.train.ranks if gpu else 0,
                 include_dashboard=False, log_to_driver=False, configure_logging=False,
             )  # fmt: skip
             started = True
@@ -352,19 +351,14 @@ def connect(cfg: Config) -> bool:
                     f"{str(exc).splitlines()[0] if str(exc) else 'no answer'}). Start one with `ray start --head`, give its "
                     "address, or set ray.address to null for a local Ray sized to train.ranks."
                 ) from None
-    total = ray.cluster_resources().get(kind, 0)
-    if cfg.train.ranks > total:
+    try:
+        total = ray.cluster_resources().get(kind, 0)
+        if cfg.train.ranks > total:
+            raise AttnRLError(
+                f"train.ranks = {cfg.train.ranks}, but the Ray cluster ({cfg.ray.address or 'local'}) has {total:g} {kind}s in all: "
+                f"lower train.ranks or add nodes."
+            )
+        yield
+    finally:
         if started:
             ray.shutdown()
-        raise AttnRLError(
-            f"train.ranks = {cfg.train.ranks}, but the Ray cluster ({cfg.ray.address or 'local'}) has {total:g} {kind}s in all: "
-            f"lower train.ranks or add nodes."
-        )
-    return started
-
-
-def disconnect(started: bool) -> None:
-    if started:
-        import ray
-
-        ray.shutdown()

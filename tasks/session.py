@@ -1,9 +1,9 @@
 """The long-lived state of one training run: its one owner.
 
 A `TrainSession` holds the run's ranks (tasks/ranks.py: the policy, frozen reference, trainer
-with its optimizer and rollout engine, in this process or on a Ray worker group) and its state between iterations (iteration, problem stream cursor, FCI
-running mean, adaptive batch size, the pending batch of the one-step pipeline, best checkpoint,
-counters). Every attribute is declared in `__init__`. Phases read the session and return typed
+with its optimizer and rollout engine, in this process or on a Ray worker group) and its state
+between iterations (iteration, problem stream cursor, FCI running mean, adaptive batch size, the
+pending batch of the one-step pipeline, best checkpoint, counters). Every attribute is declared in `__init__`. Phases read the session and return typed
 results (tasks/results.py); the flow hands those to the next phase and, once every phase of the
 iteration succeeded, to `commit`, the only place the state between iterations changes. The
 session is serialised only when a checkpoint is written (`capture`) and rebuilt from one
@@ -38,7 +38,7 @@ class TrainSession:
     when resuming, a checkpoint (`checkpoint` = (policy state_dict, optimizer state, state dict)).
 
     `ranks` does the heavy work (tasks/ranks.py): one in-process `Rank` with train.ranks 1, a
-    Ray `RankGroup` with more; it also samples for evaluation (the RolloutEngine protocol)."""
+    Ray `RankGroup` with more; its `generate` also samples for evaluation."""
 
     def __init__(self, cfg: Config, base: str, mlflow_run_id: str, checkpoint: tuple[dict, dict, dict] | None = None) -> None:
         torch.manual_seed(cfg.seed)
