@@ -30,9 +30,10 @@ train: $(STAMP)
 	$(VENV)/bin/attnrl train --config $(CONFIG)
 
 # Two pytest workers (pytest-xdist): each its own session, stores and Prefect server; the slow
-# flow and CLI tests then share the two cores. --durations shows what dominates.
+# flow and CLI tests then share the two cores (--dist loadgroup: the Ray tests, xdist_group("ray"),
+# stay on one worker and share one cluster). --durations shows what dominates.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -187,11 +187,14 @@ def train(
     """Warm start (cached), train with the configured method, evaluate; one MLflow run."""
     from attnrl_core.config import check_inputs
 
-    check_inputs(_config(config, set))  # validate before any work: a bad field or a missing file exits 2 here
+    cfg = _config(config, set)
+    check_inputs(cfg)  # validate before any work: a bad field or a missing file exits 2 here
     _quiet_libraries()
     from flows.train import train_flow
+    from tasks.ranks import ray_cluster
 
-    _train_report(train_flow(str(config), set or [], run_name=run_name, tracking_uri=tracking_uri, quiet=quiet))
+    with ray_cluster(cfg):  # train.ranks > 1: an unreachable cluster or too few CPUs/GPUs exit 2 here, before Prefect starts
+        _train_report(train_flow(str(config), set or [], run_name=run_name, tracking_uri=tracking_uri, quiet=quiet))
 
 
 @app.command()

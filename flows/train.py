@@ -84,7 +84,8 @@ def train_flow(
     """Train the config at `config_path` with `overrides` ('branch.rho=0.3', ...), or `resume`
     a run by MLflow id or name (then the config comes from its checkpoint). Returns the run id,
     the base and final evaluation ({benchmark: {"k", "avg", "pass", "levels"}} plus the
-    objective under "objective"), the best checkpoint and the final policy.
+    objective under "objective"), the best checkpoint, the final policy and how often a lost
+    trainer rank had its worker group rebuilt (rank_rebuilds).
 
     `on_evaluation(iteration, eval_metrics)` is called after each evaluation; if it returns True
     the run stops there, is marked KILLED with tag pruned=true, and the result has pruned=True.
@@ -137,6 +138,9 @@ def _train(run: TrainingRun, quiet: bool, on_evaluation: EvaluationHook | None) 
         raise
     finally:
         if s is not None:
+            result["rank_rebuilds"] = s.ranks.rebuilds
+            if s.ranks.rebuilds:  # the run lost trainer ranks and went on: its page says so
+                run.client.set_tag(run.run_id, "rank_rebuilds", str(s.ranks.rebuilds))
             s.close()
     run.finish("FINISHED")
     return {**result, "best": dict(s.best)}

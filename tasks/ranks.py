@@ -34,8 +34,10 @@ import copy
 import os
 import signal
 import socket
+import tempfile
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -55,6 +57,8 @@ from tasks.phase import FaultInjector
 class Rank:
     """One trainer rank's policy, reference, trainer and engine, from the base policy and, when
     continuing, saved `weights` and `optimizer` state."""
+
+    rebuilds = 0  # one rank in the flow's own process is never lost and rebuilt (RankGroup counts its rebuilds)
 
     def __init__(self, cfg: Config, base: str, weights: dict | None = None, optimizer: dict | None = None) -> None:
         self.cfg = cfg
@@ -312,6 +316,33 @@ class RankGroup:
         return self.state
 
 
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once, naming ray.address, when nothing listens at the cluster's address ('auto':
+    RAY_ADDRESS, else the cluster `ray start` last recorded on this machine; without either
+    ray.init says so itself).
+
+    >>> _probe("127.0.0.1:1")
+    Traceback (most recent call last):
+    ...
+    attnrl_core.errors.AttnRLError: ray.address = '127.0.0.1:1': no Ray cluster could be reached there (nothing answered at 127.0.0.1:1: Connection refused). Start one with `ray start --head`, give its address, or set ray.address to null for a local Ray sized to train.ranks.
+    """
+    target = address
+    if address == "auto":
+        recorded = Path(tempfile.gettempdir(), "ray", "ray_current_cluster")
+        target = os.environ.get("RAY_ADDRESS") or (recorded.read_text().strip() if recorded.is_file() else "")
+        if not target:
+            return
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        why = f"nothing answered at {target}: {exc.strerror or f'no reply within {timeout_s:g} s'}" if isinstance(exc, OSError) else f"{target!r} is not host:port"
+        raise AttnRLError(
+            f"ray.address = {address!r}: no Ray cluster could be reached there ({why}). Start one with `ray start --head`, "
+            "give its address, or set ray.address to null for a local Ray sized to train.ranks."
+        ) from None
+
+
 @contextmanager
 def ray_cluster(cfg: Config) -> Iterator[None]:
     """The Ray cluster of a run with train.ranks > 1 for the duration of the block, checked up
@@ -338,11 +369,12 @@ def ray_cluster(cfg: Config) -> Iterator[None]:
                     f"lower train.ranks to at most {have}, or set ray.address to a cluster that has {cfg.train.ranks}."
                 )
             ray.init(
-                address="local", num_cpus=cfg.train.ranks, num_gpus=cfg.train.ranks if gpu else 0,
+                address="local", num_cpus=cfg.train.ranks, num_gpus=cfg.train.ranks if gpu else 0, _node_ip_address="127.0.0.1",
                 include_dashboard=False, log_to_driver=False, configure_logging=False,
             )  # fmt: skip
             started = True
         else:
+            _probe(cfg.ray.address)  # Ray itself retries an unreachable GCS for ever
             try:
                 ray.init(address=cfg.ray.address, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:

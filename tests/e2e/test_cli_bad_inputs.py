@@ -1,6 +1,7 @@
 """Bad input to `attnrl eval` / `attnrl train`: a benchmark file with a malformed row, a model folder
-without weights, a model whose tokenizer disagrees with it, a missing benchmark file: each exits 2
-with one paragraph naming the file and line or the field, before anything is written."""
+without weights, a model whose tokenizer disagrees with it, a missing benchmark file, more trainer ranks
+than the machine has, an unreachable Ray cluster: each exits 2 with one paragraph naming the file
+and line or the field, before anything is written."""
 
 import json
 import shutil
@@ -35,6 +36,9 @@ def test_each_bad_input_exits_2_naming_it_and_writes_nothing(bad, tmp_path):
         (["eval", "--model", str(FIXTURE), "--benchmark", str(tmp_path / "nowhere.jsonl")], ["eval.benchmarks[0].source", "no such file"]),
         (["train", "--set", f"model.path={mismatch}"], ["model.path", "disagree"]),
         (["train", "--set", f"eval.benchmarks=[heldout, {rows}]"], [str(rows), "line 3"]),
+        # where a multi-rank run would go: checked before the flow (and its Prefect server) starts
+        (["train", "--set", "train.ranks=512"], ["train.ranks = 512", "CPUs for a local Ray"]),
+        (["train", "--set", "train.ranks=2", "--set", "ray.address=127.0.0.1:1"], ["ray.address = '127.0.0.1:1'", "no Ray cluster could be reached"]),
     ]
     for args, words in cases:
         done = cli(*args, "--quiet", env=env, timeout=300)

@@ -51,13 +51,29 @@ def _prefect_server_children(token: str) -> list[int]:
     return found
 
 
-def test_sigkill_of_a_cli_run_leaves_no_process_behind(base_uri, tmp_path):
+def _commands(pids: list[int]) -> list[bytes]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sigkill_of_a_cli_run_leaves_no_process_behind(base_uri, tmp_path, ranks):
+    """With 2 ranks the run has also started a local Ray (GCS, raylet, workers) and 2 rank actors."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = cli_env(uri)
-    proc = _start_train(env)
+    proc = _start_train(env, f"train.ranks={ranks}")
     token = owner_token(proc.pid)
     _wait_for_iteration(uri, 1, proc)
     assert _prefect_server_children(token), "the run's temporary Prefect API server should be running"
+    if ranks > 1:
+        started = _commands(carriers(token))
+        assert sum(c.startswith(b"ray::RankActor") for c in started) == ranks, started
+        assert any(b"gcs_server" in c for c in started) and any(b"raylet" in c for c in started), started
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 15

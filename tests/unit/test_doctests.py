@@ -1,4 +1,4 @@
-"""Every docstring example in attnrl_core runs, and says what it prints."""
+"""Every docstring example in attnrl_core and tasks runs, and says what it prints."""
 
 import doctest
 import importlib
@@ -7,9 +7,10 @@ import pkgutil
 import pytest
 
 import attnrl_core
+import tasks
 from tests.support import REPO
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(attnrl_core.__path__, "attnrl_core."))
+MODULES = sorted(m.name for package in (attnrl_core, tasks) for m in pkgutil.walk_packages(package.__path__, package.__name__ + "."))
 
 
 @pytest.mark.parametrize("name", MODULES)

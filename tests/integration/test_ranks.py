@@ -1,0 +1,141 @@
+"""Integration: data-parallel training on a Ray worker group of 2 CPU ranks (gloo), with real Ray,
+Prefect and MLflow: sharding is invisible in the results, a lost rank is survived, checkpoints
+move between world sizes, and no rank outlives its run.
+
+One local Ray cluster on 127.0.0.1 serves the whole module (the flows join it instead of
+starting their own); the module runs on one pytest worker (xdist_group), so the suite starts
+one cluster, not one per worker.
+"""
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from attnrl_core.config import load_config
+from flows.train import train_flow
+from tasks.branch import branch
+from tasks.rollout import rollout
+from tasks.score import score
+from tasks.session import TrainSession
+from tests.support import CONFIG, FIXTURE, TRAIN_REDUCED, assert_same_weights, final_weights, run_metrics, train
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+
+TWO = "train.ranks=2"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def rank_processes() -> list[int]:
+    """Live rank actors: Ray titles a worker process after the actor it runs (ray::RankActor...)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RankActor"):
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def no_rank_left() -> bool:
+    import time
+
+    deadline = time.monotonic() + 15  # a killed actor's process takes a moment to go
+    while rank_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return rank_processes() == []
+
+
+def first_iteration(ranks: int) -> tuple[TrainSession, list]:
+    """A session on `ranks` ranks after iteration 1's rollout, scoring and branching (on-policy,
+    so the continuations are sampled in this iteration too); returns it and the training batch."""
+    cfg = load_config(CONFIG, TRAIN_REDUCED + ["pipeline=on_policy", f"train.ranks={ranks}"])
+    s = TrainSession(cfg, str(FIXTURE), "ranks-test")
+    rolled = rollout.fn(s, 1)
+    score.fn(s, 1, rolled)
+    plan = branch.fn(s, 1, rolled)
+    return s, rolled.current, plan.batch.samples
+
+
+def tokens(groups) -> list:
+    """Every sampled token of a batch: each response, its branch points, its continuations."""
+    return [
+        [(r.token_ids, r.branch_points, [[c.token_ids for c in point] for point in r.continuations]) for r in g.responses]
+        for g in groups
+    ]
+
+
+def test_two_ranks_sample_the_one_rank_tokens_and_sum_its_gradient():
+    one, one_groups, samples = first_iteration(1)
+    two, two_groups, _ = first_iteration(2)
+    try:
+        assert tokens(two_groups) == tokens(one_groups)
+        assert sum(len(r.continuations) for g in one_groups for r in g.responses) > 0, "the batch should have branched"
+        # the same mini-batch through both: each of 2 ranks takes a token-balanced share, the
+        # divisor is the whole mini-batch's tokens, the all-reduce sums the shares
+        g1, g2 = one.ranks.gradient(samples), two.ranks.gradient(samples)
+        assert g1.keys() == g2.keys() and g1
+        worst = max((g1[k] - g2[k]).abs().max().item() for k in g1)
+        assert worst <= 1e-5, f"the 2-rank gradient differs from the 1-rank one by up to {worst:.2e}"
+        assert max(g.abs().max().item() for g in g1.values()) > 1e-3, "a vanishing gradient would compare equal trivially"
+    finally:
+        one.close()
+        two.close()
+    assert no_rank_left()
+
+
+@pytest.fixture(scope="module")
+def clean_two(tmp_path_factory):
+    """An uninterrupted 2-rank run: (its store, its result)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('two') / 'mlflow.db'}"
+    result = train(uri, TWO)
+    assert result["rank_rebuilds"] == 0
+    assert no_rank_left(), "a finished run ends its rank actors"
+    return uri, result
+
+
+@pytest.mark.parametrize("fault", ["rollout@2:kill-rank1", "update@2:kill-rank1"])
+def test_a_rank_killed_mid_run_is_survived_and_changes_nothing(clean_two, fault):
+    """Rank 1's process SIGKILLs itself in the phase's first attempt while rank 0 works. The run
+    is also a second 2-rank run of the same seed: it must end where the uninterrupted one did,
+    bit for bit (gloo sums two shares in a fixed order)."""
+    uri, clean = clean_two
+    faulted = train(uri, TWO, f"train.fault={fault}")
+    assert faulted["rank_rebuilds"] == 1, f"{fault}: the lost rank should have had its group rebuilt once"
+    assert mlflow.MlflowClient(uri).get_run(faulted["run_id"]).data.tags["rank_rebuilds"] == "1"
+    assert_same_weights(final_weights(clean), final_weights(faulted))
+    assert run_metrics(uri, clean["run_id"]) == run_metrics(uri, faulted["run_id"])
+    assert no_rank_left()
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_resume_on_another_number_of_ranks_continues_the_same_run(clean_two, tmp_path, monkeypatch, before, after):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    name = f"moved-{before}-{after}"
+    monkeypatch.setenv("ATTNRL_FAULT", "update@3")  # with no retries the run fails after iteration 2's checkpoint
+    with pytest.raises(Exception, match="injected fault"):
+        train(uri, f"train.ranks={before}", "train.retries=0", run_name=name)
+    monkeypatch.delenv("ATTNRL_FAULT")
+    assert no_rank_left(), "a failed run ends its rank actors"
+    client = mlflow.MlflowClient(uri)
+    (failed,) = client.search_runs([client.get_experiment_by_name("train-test").experiment_id])
+    assert failed.info.status == "FAILED"
+    resumed = train_flow(None, [f"train.ranks={after}"], tracking_uri=uri, resume=name, quiet=True)
+    assert resumed["run_id"] == failed.info.run_id
+    assert client.get_run(resumed["run_id"]).info.status == "FINISHED"
+    assert {step for (key, step) in run_metrics(uri, resumed["run_id"]) if key == "progress/iteration"} == {1, 2, 3}
+    # against the uninterrupted 2-rank run (= the 1-rank run up to the float rounding of a sum
+    # taken in two shares instead of one)
+    reference, moved = final_weights(clean_two[1]), final_weights(resumed)
+    worst = max((reference[k] - moved[k]).abs().max().item() for k in reference)
+    assert worst <= 1e-4, f"{before} -> {after} ranks: the weights drift from the uninterrupted run by {worst:.2e}"
+    assert no_rank_left()
