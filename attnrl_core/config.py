@@ -300,6 +300,11 @@ class TrainConfig(_Section):
         "3 is not offered, since rollouts and FCI scoring read the full weights in place."
     )
     bf16: bool = Field(False, description="backend deepspeed: train (and so roll out and score) in bfloat16 with fp32 master weights.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward pass instead of keeping them (transformers' "
+        "gradient checkpointing): a pass keeps one hidden state per layer, so paper-length sequences (9k tokens) fit on a "
+        "GPU, for about one more forward pass of compute. Scoring and rollouts are unaffected.",
+    )
     fault: str | None = Field(
         None,
         description="Fault injection for tests and demos: 'phase@iteration' (comma-separated for several) fails that "
@@ -514,7 +519,8 @@ class Config(_Section):
 
     def hash(self) -> str:
         """Stable 12-hex digest of the resolved config (key order independent), leaving out where
-        the run runs (PLACEMENT: its ranks and Ray cluster), which does not change what it computes."""
+        and how the run runs (PLACEMENT: its ranks, Ray cluster, gradient checkpointing), which does
+        not change what it computes."""
         tree = self.model_dump(mode="json")
         for dotted in PLACEMENT:
             section, _, name = dotted.partition(".")
@@ -526,9 +532,9 @@ class Config(_Section):
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-# Fields that say where a run runs, not what it computes: left out of Config.hash, and the only
-# ones `attnrl resume --set` may change.
-PLACEMENT = ("train.ranks", "ray")
+# Fields that say where and how a run runs, not what it computes: left out of Config.hash, and the
+# only ones `attnrl resume --set` may change (a run moved to other machines may need them changed).
+PLACEMENT = ("train.ranks", "train.gradient_checkpointing", "ray")
 
 
 # Method presets (docs/method.md §3): the baselines share the tree machinery and differ in these switches.
@@ -670,7 +676,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def with_placement(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
-    """`cfg` moved by `overrides` that only say where it runs (PLACEMENT: train.ranks, ray.*):
+    """`cfg` moved by `overrides` that only say where and how it runs (PLACEMENT: train.ranks,
+    train.gradient_checkpointing, ray.*):
     what `attnrl resume RUN --set train.ranks=2` may change of a saved run.
 
     >>> with_placement(Config(), ["train.ranks=2"]).train.ranks
@@ -678,13 +685,13 @@ def with_placement(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Confi
     >>> with_placement(Config(), ["branch.rho=0.5"])
     Traceback (most recent call last):
     ...
-    attnrl_core.errors.AttnRLError: --set branch.rho=0.5: a resumed run keeps its config; only where it runs may change (train.ranks, ray.*).
+    attnrl_core.errors.AttnRLError: --set branch.rho=0.5: a resumed run keeps its config; only where and how it runs may change (train.ranks, train.gradient_checkpointing, ray.*).
     """
     tree = cfg.model_dump(mode="json")
     for text in overrides:
         key = text.split("=", 1)[0].strip()
         if not any(key == p or key.startswith(p + ".") for p in PLACEMENT):
-            raise AttnRLError(f"--set {text}: a resumed run keeps its config; only where it runs may change (train.ranks, ray.*).")
+            raise AttnRLError(f"--set {text}: a resumed run keeps its config; only where and how it runs may change (train.ranks, train.gradient_checkpointing, ray.*).")
         tree = _deep_merge(tree, parse_override(text))
     try:
         return Config.model_validate(tree)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -62,14 +63,31 @@ def data_parallel_rank() -> tuple[int, int]:
     return 0, 1
 
 
+# Seconds this process has spent inside the trainer's collectives: a rank's compute time is its
+# call time less this (tasks/ranks.py reports the rest of a call as dispatch + communication).
+_collective_seconds = 0.0
+
+
+def collective_seconds() -> float:
+    return _collective_seconds
+
+
+def _all_reduce(tensor: torch.Tensor) -> None:
+    """Sum `tensor` in place over the data-parallel group, timed into collective_seconds()."""
+    global _collective_seconds
+    import torch.distributed as dist
+
+    start = time.perf_counter()
+    dist.all_reduce(tensor)
+    _collective_seconds += time.perf_counter() - start
+
+
 def all_reduce_sum(values: list[float]) -> list[float]:
     """`values` summed element-wise over the data-parallel group (fp64); one rank: themselves."""
     if data_parallel_rank()[1] == 1:
         return list(values)
-    import torch.distributed as dist
-
     buffer = torch.tensor(values, dtype=torch.float64)  # (K,)
-    dist.all_reduce(buffer)
+    _all_reduce(buffer)
     return buffer.tolist()
 
 
@@ -128,6 +146,8 @@ class TorchTrainer:
         if optim.kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs a reference model")
         self.model, self.ref_model, self.pad_token_id = model, ref_model, pad_token_id
+        if train is not None and train.gradient_checkpointing:  # acts in train mode only: the update's passes
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.lr, self.grad_clip, self.minibatch_sequences = optim.lr, optim.grad_clip, optim.minibatch_sequences
         self.micro_batch_tokens = optim.micro_batch_tokens
         self.loss_args = dict(
@@ -292,14 +312,12 @@ class TorchTrainer:
         """Sum the gradients over the data-parallel group (one flat all-reduce); one rank: nothing."""
         if data_parallel_rank()[1] == 1:
             return
-        import torch.distributed as dist
-
         params = [p for p in self.model.parameters() if p.requires_grad]
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         flat = torch.cat([p.grad.reshape(-1) for p in params])  # (P,)
-        dist.all_reduce(flat)
+        _all_reduce(flat)
         offset = 0
         for p in params:
             p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))

@@ -34,7 +34,7 @@ from flows.run_tracking import SENTINEL, TrainingRun
 from tasks import checkpoint as ckpt
 from tasks.branch import branch
 from tasks.evaluate import evaluate_policy
-from tasks.phase import phase_seed
+from tasks.phase import PHASES, phase_seed
 from tasks.ranks import ray_cluster
 from tasks.rollout import rollout
 from tasks.score import score
@@ -208,8 +208,9 @@ def run_iteration(s: TrainSession, it: int, phases: Phases, run: TrainingRun, pr
         pruned = on_evaluation is not None and on_evaluation(it, {k: v for k, v in metrics.items() if k.startswith("eval/")})
     s.commit(it, rolled, plan)
 
+    metrics.update(s.ranks.timing())  # a worker group: its compute vs dispatch + communication (within the phases' times)
     wall = time.perf_counter() - t0
-    overhead = max(0.0, wall - sum(v for k, v in metrics.items() if k.startswith("time/")))
+    overhead = max(0.0, wall - sum(metrics.get(f"time/{phase}", 0.0) for phase in PHASES))
     metrics.update(
         {
             "time/iteration": wall,

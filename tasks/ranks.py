@@ -35,6 +35,7 @@ import os
 import signal
 import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -50,7 +51,7 @@ from attnrl_core.prompt_groups import PromptGroup
 from attnrl_core.rollout import Generation, SamplingParams, engine_class, resolve_budgets, resolve_counts, resolve_prompt_index
 from attnrl_core.scoring import score_groups
 from attnrl_core.steps import decode_vocab, separator_mask
-from attnrl_core.trainer import TRAINERS, PolicySample, UpdateStats
+from attnrl_core.trainer import TRAINERS, PolicySample, UpdateStats, collective_seconds
 from tasks.phase import FaultInjector
 
 
@@ -104,6 +105,10 @@ class Rank:
     def gradient(self, samples: Sequence[PolicySample]) -> dict[str, torch.Tensor]:
         return self.trainer.gradient(samples)
 
+    def timing(self) -> dict[str, float]:
+        """Nothing to split: one rank in the flow's process dispatches nothing (RankGroup.timing)."""
+        return {}
+
     def state_dicts(self) -> tuple[dict, dict]:
         return self.policy.state_dict(), self.trainer.state_dict()
 
@@ -135,6 +140,26 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def rank_config(cfg: Config, rank: int) -> Config:
+    """Rank `rank`'s copy of the run's config: a fixed vLLM server port moves up by the rank, so
+    that the servers of ranks on one node do not collide (port 0, any free port, stays 0).
+
+    >>> from attnrl_core.config import load_config
+    >>> [rank_config(load_config(None, ["rollout.vllm.port=8100"]), r).rollout.vllm.port for r in range(3)]
+    [8100, 8101, 8102]
+    """
+    port = cfg.rollout.vllm.port
+    if not port or not rank:
+        return cfg
+    return cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"vllm": cfg.rollout.vllm.model_copy(update={"port": port + rank})})})
+
+
+def gpus_per_rank(cfg: Config) -> int:
+    """A rank's GPUs: its trainer's one, or its vLLM engine's tensor-parallel group (the server
+    process inherits the actor's CUDA_VISIBLE_DEVICES; the trainer uses the first)."""
+    return cfg.rollout.vllm.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
+
+
 class RankActor:
     """The body of one rank's Ray actor (wrapped with ray.remote by RankGroup)."""
 
@@ -147,7 +172,7 @@ class RankActor:
     def setup(self, cfg_json: dict, base: str, rank: int, world: int, master: tuple[str, int], state: tuple[dict, dict] | None) -> None:
         import torch.distributed as dist
 
-        cfg = Config.model_validate(cfg_json)
+        cfg = rank_config(Config.model_validate(cfg_json), rank)
         gpu = cfg.model.device.startswith("cuda")
         # what torchrun would export: DeepSpeed reads these to find the existing group
         os.environ.update({"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(world), "MASTER_ADDR": master[0], "MASTER_PORT": str(master[1])})
@@ -157,14 +182,16 @@ class RankActor:
         self.rank = Rank(cfg, base, weights, optimizer)
 
     def call(self, method: str, args: tuple, die: bool = False) -> Any:
-        """`Rank.method(*args)`; an ObjectRef among the args (one object shared by all ranks)
-        is fetched first."""
+        """(`Rank.method(*args)`, the seconds it computed: its time less its collectives'); an
+        ObjectRef among the args (one object shared by all ranks) is fetched first."""
         import ray
 
         if die:  # fault injection: this rank's process is lost mid-phase (its peers are working)
             os.kill(os.getpid(), signal.SIGKILL)
         args = tuple(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args)
-        return getattr(self.rank, method)(*args)
+        start, waited = time.perf_counter(), collective_seconds()
+        out = getattr(self.rank, method)(*args)
+        return out, time.perf_counter() - start - (collective_seconds() - waited)  # (result, compute seconds)
 
 
 class RankGroup:
@@ -181,9 +208,10 @@ class RankGroup:
         self.state = state
         self._updated: int | None = None  # the iteration whose update last started
         self.rebuilds = 0
+        self._seconds = (0.0, 0.0)  # (compute, dispatch + communication) since the last timing()
         self._start()
         if self.state is None:  # the base weights and a fresh optimizer: what a rebuild starts from
-            self.state = self._gather([self.actors[0].call.remote("state_dicts", ())])[0]
+            self.state = self._call("state_dicts", [()] + [None] * (self.world - 1))[0]
 
     # -- lifecycle --------------------------------------------------------------------------
     def _start(self) -> None:
@@ -191,7 +219,7 @@ class RankGroup:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         gpu = self.cfg.model.device.startswith("cuda")
-        bundle = {"GPU": 1, "CPU": 1} if gpu else {"CPU": 1}
+        bundle = {"GPU": gpus_per_rank(self.cfg), "CPU": 1} if gpu else {"CPU": 1}
         self._group = ray.util.placement_group([bundle] * self.world, strategy="PACK")
         # a busy cluster (a sweep's other trials) frees ranks in time: wait for them
         ready, _ = ray.wait([self._group.ready()], timeout=self.cfg.ray.placement_timeout_s)
@@ -204,7 +232,7 @@ class RankGroup:
         remote = ray.remote(RankActor)
         self.actors = [
             remote.options(
-                num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=0, max_concurrency=1,
+                num_cpus=1, num_gpus=gpus_per_rank(self.cfg) if gpu else 0, max_restarts=0, max_concurrency=1,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=r),
             ).remote()
             for r in range(self.world)
@@ -256,10 +284,21 @@ class RankGroup:
         """`method(*per_rank[r])` on every rank with work, at once; results in rank order (None
         for a rank without work)."""
         self._ensure()
+        start = time.perf_counter()
         doomed = self.faults.rank_to_kill(phase, iteration) if phase is not None else None
         calls = {r: self.actors[r].call.remote(method, args, die=r == doomed) for r, args in enumerate(per_rank) if args is not None}
         results = dict(zip(calls, self._gather(list(calls.values()))))
-        return [results.get(r) for r in range(self.world)]
+        # the slowest rank's compute is work; the rest of the call is dispatch + communication
+        busy = max(seconds for _, seconds in results.values())
+        self._seconds = (self._seconds[0] + busy, self._seconds[1] + time.perf_counter() - start - busy)
+        return [results[r][0] if r in results else None for r in range(self.world)]
+
+    def timing(self) -> dict[str, float]:
+        """Seconds since the last call: the ranks' compute (the slowest rank's, per call) and the
+        rest of the group's calls (dispatch, transfers, collectives); logged per iteration."""
+        busy, overhead = self._seconds
+        self._seconds = (0.0, 0.0)
+        return {"time/ranks_compute": busy, "time/ranks_dispatch_comm": overhead}
 
     # -- the calls of the phases --------------------------------------------------------------
     def generate(self, prompts, params: SamplingParams, seed: int, max_new_tokens=None, n=None, prompt_index=None, phase: str | None = None, iteration: int | None = None) -> list[list[Generation]]:
@@ -343,14 +382,21 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+# Set by a sweep that started a local Ray for its trials: worker processes' trials join it
+# (their ray.address is null) instead of each starting a Ray of their own.
+SWEEP_CLUSTER = "ATTNRL_RAY_CLUSTER"
+
+
 @contextmanager
-def ray_cluster(cfg: Config) -> Iterator[None]:
+def ray_cluster(cfg: Config, whole_machine: bool = False) -> Iterator[None]:
     """The Ray cluster of a run with train.ranks > 1 for the duration of the block, checked up
     front to hold the ranks; a Ray this started locally ends with the block. One rank: nothing.
 
     ray.address null: a local Ray on 127.0.0.1 sized to the ranks (this machine must have that
-    many CPUs, or GPUs when model.device is cuda); 'auto' / 'host:port': a running cluster. An
-    unreachable address, or ranks beyond what the cluster has, fail here naming the field.
+    many CPUs, or GPUs when model.device is cuda) — or to the whole machine (`whole_machine`, a
+    sweep's: its trials, in this process or its worker processes, share that one cluster and
+    queue for free ranks in it); 'auto' / 'host:port': a running cluster. An unreachable
+    address, or ranks beyond what the cluster has, fail here naming the field.
     """
     if cfg.train.ranks == 1:
         yield
@@ -359,38 +405,48 @@ def ray_cluster(cfg: Config) -> Iterator[None]:
 
     gpu = cfg.model.device.startswith("cuda")
     kind = "GPU" if gpu else "CPU"
+    need = cfg.train.ranks * (gpus_per_rank(cfg) if gpu else 1)
+    address = cfg.ray.address or os.environ.get(SWEEP_CLUSTER)
     started = False
     if not ray.is_initialized():
-        if cfg.ray.address is None:
+        if address is None:
             have = torch.cuda.device_count() if gpu else (os.cpu_count() or 1)
-            if cfg.train.ranks > have:
+            if need > have:
                 raise AttnRLError(
-                    f"train.ranks = {cfg.train.ranks}, but this machine has {have} {kind}s for a local Ray (ray.address: null): "
-                    f"lower train.ranks to at most {have}, or set ray.address to a cluster that has {cfg.train.ranks}."
+                    f"train.ranks = {cfg.train.ranks} needs {need} {kind}s, but this machine has {have} for a local Ray (ray.address: null): "
+                    f"lower train.ranks (or rollout.vllm.tensor_parallel_size), or set ray.address to a cluster that has {need}."
                 )
+            size = have if whole_machine else need
             ray.init(
-                address="local", num_cpus=cfg.train.ranks, num_gpus=cfg.train.ranks if gpu else 0, _node_ip_address="127.0.0.1",
+                address="local", num_cpus=size, num_gpus=size if gpu else 0, _node_ip_address="127.0.0.1",
                 include_dashboard=False, log_to_driver=False, configure_logging=False,
             )  # fmt: skip
             started = True
         else:
-            _probe(cfg.ray.address)  # Ray itself retries an unreachable GCS for ever
+            _probe(address)  # Ray itself retries an unreachable GCS for ever
             try:
-                ray.init(address=cfg.ray.address, log_to_driver=False, configure_logging=False)
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise AttnRLError(
-                    f"ray.address = {cfg.ray.address!r}: no Ray cluster could be reached there ({type(exc).__name__}: "
+                    f"ray.address = {address!r}: no Ray cluster could be reached there ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0] if str(exc) else 'no answer'}). Start one with `ray start --head`, give its "
                     "address, or set ray.address to null for a local Ray sized to train.ranks."
                 ) from None
+    before = os.environ.get(SWEEP_CLUSTER)
     try:
         total = ray.cluster_resources().get(kind, 0)
-        if cfg.train.ranks > total:
+        if need > total:
             raise AttnRLError(
-                f"train.ranks = {cfg.train.ranks}, but the Ray cluster ({cfg.ray.address or 'local'}) has {total:g} {kind}s in all: "
+                f"train.ranks = {cfg.train.ranks} needs {need} {kind}s, but the Ray cluster ({address or 'local'}) has {total:g} in all: "
                 f"lower train.ranks or add nodes."
             )
+        if whole_machine:  # the processes this one starts (a sweep's workers) join the same cluster
+            os.environ[SWEEP_CLUSTER] = ray.get_runtime_context().gcs_address
         yield
     finally:
+        if whole_machine:
+            os.environ.pop(SWEEP_CLUSTER, None)
+            if before is not None:
+                os.environ[SWEEP_CLUSTER] = before
         if started:
             ray.shutdown()

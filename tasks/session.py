@@ -131,6 +131,7 @@ class TrainSession:
 
     def begin_iteration(self) -> None:
         self._iteration_start = time.perf_counter()
+        self.ranks.timing()  # the iteration's own calls from here (not a base evaluation's)
 
     def commit(self, iteration: int, rolled: RolloutResult, plan: BranchResult) -> None:
         """Fold an iteration whose phases all succeeded into the state: it is now complete."""

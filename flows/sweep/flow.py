@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -21,6 +22,7 @@ from flows.sweep.runs import ensure_parent_run, trial_rows, write_best
 from flows.sweep.spec import load_sweep
 from flows.sweep.study import default_storage, open_storage, open_study, public_url, study_counts
 from flows.sweep.workers import prefect_api_for_children, run_worker, start_worker
+from tasks.ranks import ray_cluster
 
 
 @flow(name="sweep")
@@ -60,31 +62,9 @@ def sweep_flow(
     shared = {"spec_json": spec.model_dump(mode="json"), "base": str(base), "fixed": fixed, "storage_url": storage_url, "tracking_uri": uri, "n_trials": target}
     status = "FINISHED"
     try:
-        if workers == 1:
-            run_worker(**shared, worker=0, quiet=quiet)
-        else:
-            if load_config(base, fixed).model.path is None:
-                # every trial starts from the tiny base policy: build it once, not once per worker at the same time
-                from flows.warmstart import warmstart_flow
-
-                warmstart_flow(str(base), fixed, tracking_uri=uri, quiet=quiet)
-            logs = RUNS_DIR / "sweeps" / spec.study_name / "logs"
-            with prefect_api_for_children():
-                procs = [start_worker({**shared, "worker": i, "quiet": True}, logs / f"worker-{i}.log") for i in range(workers)]
-            try:
-                codes = [p.wait() for p in procs]
-            except BaseException:  # interrupted or cancelled: do not leave workers running on
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
-                raise
-            if any(codes):
-                tails = []
-                for i, code in enumerate(codes):
-                    if code:
-                        lines = (logs / f"worker-{i}.log").read_text(errors="replace").strip().splitlines()
-                        tails.append(f"worker {i} (exit {code}): {lines[-1] if lines else 'no output'}")
-                raise AttnRLError(f"Sweep {spec.study_name}: {sum(map(bool, codes))} of {workers} workers stopped early; " + " ".join(tails) + f" (logs in {logs})")
+        # trials with train.ranks > 1 share one Ray cluster: the one named, or a local one on the whole machine
+        with ray_cluster(load_config(base, fixed), whole_machine=True):
+            _run_workers(spec, base, fixed, uri, shared, workers, quiet)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -116,3 +96,32 @@ def sweep_flow(
         "best": best[1] if best else None,
         "best_config": str(best[0]) if best else None,
     }
+
+
+def _run_workers(spec, base: Path, fixed: list[str], uri: str, shared: dict, workers: int, quiet: bool) -> None:
+    """The study's trials: in this process (one worker) or in `workers` worker processes."""
+    if workers == 1:
+        run_worker(**shared, worker=0, quiet=quiet)
+    else:
+        if load_config(base, fixed).model.path is None:
+            # every trial starts from the tiny base policy: build it once, not once per worker at the same time
+            from flows.warmstart import warmstart_flow
+
+            warmstart_flow(str(base), fixed, tracking_uri=uri, quiet=quiet)
+        logs = RUNS_DIR / "sweeps" / spec.study_name / "logs"
+        with prefect_api_for_children():
+            procs = [start_worker({**shared, "worker": i, "quiet": True}, logs / f"worker-{i}.log") for i in range(workers)]
+        try:
+            codes = [p.wait() for p in procs]
+        except BaseException:  # interrupted or cancelled: do not leave workers running on
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            raise
+        if any(codes):
+            tails = []
+            for i, code in enumerate(codes):
+                if code:
+                    lines = (logs / f"worker-{i}.log").read_text(errors="replace").strip().splitlines()
+                    tails.append(f"worker {i} (exit {code}): {lines[-1] if lines else 'no output'}")
+            raise AttnRLError(f"Sweep {spec.study_name}: {sum(map(bool, codes))} of {workers} workers stopped early; " + " ".join(tails) + f" (logs in {logs})")

@@ -37,7 +37,7 @@ def test_each_bad_input_exits_2_naming_it_and_writes_nothing(bad, tmp_path):
         (["train", "--set", f"model.path={mismatch}"], ["model.path", "disagree"]),
         (["train", "--set", f"eval.benchmarks=[heldout, {rows}]"], [str(rows), "line 3"]),
         # where a multi-rank run would go: checked before the flow (and its Prefect server) starts
-        (["train", "--set", "train.ranks=512"], ["train.ranks = 512", "CPUs for a local Ray"]),
+        (["train", "--set", "train.ranks=512"], ["train.ranks = 512 needs 512 CPUs", "for a local Ray"]),
         (["train", "--set", "train.ranks=2", "--set", "ray.address=127.0.0.1:1"], ["ray.address = '127.0.0.1:1'", "no Ray cluster could be reached"]),
     ]
     for args, words in cases:

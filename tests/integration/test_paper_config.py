@@ -26,7 +26,7 @@ CPU = [
     "branch.min_token_offset=8", "branch.min_token_gap=4",
     "batch.prompts=4", "batch.min_prompts=2", "batch.target_sequences=24",
     "optim.minibatch_sequences=32", "optim.micro_batch_tokens=1024", "rollout.max_batch_size=16",
-    "train.iterations=1",
+    "train.iterations=1", "train.ranks=1",  # the file's 8 ranks are 8 GPUs (tests/integration/test_ranks.py runs 2 on CPU)
 ]  # fmt: skip
 
 

@@ -139,3 +139,24 @@ def test_resume_on_another_number_of_ranks_continues_the_same_run(clean_two, tmp
     worst = max((reference[k] - moved[k]).abs().max().item() for k in reference)
     assert worst <= 1e-4, f"{before} -> {after} ranks: the weights drift from the uninterrupted run by {worst:.2e}"
     assert no_rank_left()
+
+
+def test_a_sweep_of_two_rank_trials_queues_them_on_one_cluster(tmp_path):
+    """Two worker processes, each trial 2 ranks, a 2-CPU cluster: the workers join the sweep's
+    cluster (this module's) rather than each starting one, so the second trial waits for the
+    first one's ranks — their training does not overlap — and both complete."""
+    from flows.sweep import sweep_flow
+    from tests.integration.test_sweep import TRIAL, write_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write_sweep(tmp_path / "ranks.yaml", n_trials=2)
+    result = sweep_flow(str(path), TRIAL + [TWO], n_trials=2, workers=2, storage=f"sqlite:///{tmp_path / 'optuna.db'}", tracking_uri=uri)
+    assert [t["state"] for t in result["trials"]] == ["COMPLETE", "COMPLETE"]
+    client = mlflow.MlflowClient(uri)
+    spans = []
+    for trial in result["trials"]:
+        stamps = [m.timestamp for key in ("progress/iteration", "eval/heldout/avg_at_1") for m in client.get_metric_history(trial["mlflow_run_id"], key)]
+        spans.append((min(stamps), max(stamps)))
+    (first_start, first_end), (second_start, _) = sorted(spans)
+    assert first_end <= second_start, f"the two 2-rank trials trained at the same time on 2 CPUs: {spans}"
+    assert no_rank_left()

@@ -58,6 +58,18 @@ def test_update_is_deterministic_and_moves_the_policy():
     assert any(not torch.equal(before[k], v) for k, v in a.state_dict().items())
 
 
+def test_gradient_checkpointing_gives_the_same_gradient():
+    plain, checkpointed = tiny_model(), tiny_model()
+    optim = OptimConfig(lr=1e-2, minibatch_sequences=4, micro_batch_tokens=0)
+    g1 = TorchTrainer(plain, None, PAD, optim.model_copy(update={"kl_coef": 0.0})).gradient(SAMPLES)
+    trainer = TorchTrainer(checkpointed, None, PAD, optim.model_copy(update={"kl_coef": 0.0}), TrainConfig(gradient_checkpointing=True))
+    assert checkpointed.is_gradient_checkpointing
+    g2 = trainer.gradient(SAMPLES)
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        assert torch.allclose(g1[k], g2[k], atol=1e-6), k
+
+
 class GradRecorder(TorchTrainer):
     """TorchTrainer that keeps a copy of each mini-batch's summed gradients before stepping."""
 
