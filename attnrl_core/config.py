@@ -318,6 +318,15 @@ class TrainConfig(_Section):
         "not part of the config hash, and `attnrl resume RUN --set train.ranks=K` continues a run on another world size.",
     )
 
+    @model_validator(mode="after")
+    def _deepspeed_ranks(self) -> "TrainConfig":
+        if self.backend == "deepspeed" and self.ranks > 1 and self.bf16 and self.zero_stage == 0:
+            raise ValueError(
+                "backend deepspeed with ranks > 1 and bf16 needs zero_stage 1 or 2 (stage 0's bf16 optimizer partitions its "
+                "state in a layout whose checkpoints do not move between world sizes)"
+            )
+        return self
+
 
 class RayConfig(_Section):
     address: str | None = Field(

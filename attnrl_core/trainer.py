@@ -72,13 +72,14 @@ def collective_seconds() -> float:
     return _collective_seconds
 
 
-def _all_reduce(tensor: torch.Tensor) -> None:
-    """Sum `tensor` in place over the data-parallel group, timed into collective_seconds()."""
+def _all_reduce(tensor: torch.Tensor, op: str = "sum") -> None:
+    """Reduce `tensor` in place over the data-parallel group ('sum' or 'max'), timed into
+    collective_seconds()."""
     global _collective_seconds
     import torch.distributed as dist
 
     start = time.perf_counter()
-    dist.all_reduce(tensor)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     _collective_seconds += time.perf_counter() - start
 
 
@@ -155,6 +156,8 @@ class TorchTrainer:
         )
         self.optimizer = self._make_optimizer(optim.lr, optim.weight_decay)
 
+    reduces_every_pass = False  # gradients are reduced once per mini-batch (_reduce_gradients)
+
     def _make_optimizer(self, lr: float, weight_decay: float):
         return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
 
@@ -221,8 +224,16 @@ class TorchTrainer:
         gradient). Returns the response tokens it trained on."""
         n_tokens = sum(len(samples[i].response_ids) for i in idx)
         passes = self._passes(samples, rows)
+        weights = [weight] * len(passes)
+        if self.reduces_every_pass and data_parallel_rank()[1] > 1:
+            # every rank must run as many backward passes (each one communicates): a rank with
+            # fewer runs extra passes of one row at weight 0
+            count = torch.tensor([len(passes)], dtype=torch.float64)
+            _all_reduce(count, "max")
+            extra = int(count.item()) - len(passes)
+            passes, weights = passes + [rows[:1]] * extra, weights + [0.0] * extra
         tokens = 0
-        for p, pass_rows in enumerate(passes):
+        for p, (pass_rows, weight) in enumerate(zip(passes, weights)):
             logp, mask, entropy = response_logprobs(self.model, [samples[i] for i in pass_rows], self.pad_token_id, with_entropy=True)  # (b, R)
             r_max = logp.shape[1]
 
@@ -393,6 +404,8 @@ class DeepSpeedTrainer(TorchTrainer):
         if train.zero_stage not in (0, 1, 2):
             raise ValueError(f"zero_stage must be 0, 1 or 2 (got {train.zero_stage})")
         self.zero_stage, self.bf16 = train.zero_stage, train.bf16
+        # ZeRO-2 reduce-scatters the gradients in every backward pass, not only at the boundary
+        self.reduces_every_pass = train.zero_stage == 2
         super().__init__(model, ref_model, pad_token_id, optim, train)
 
     def _make_optimizer(self, lr: float, weight_decay: float):
@@ -445,19 +458,104 @@ class DeepSpeedTrainer(TorchTrainer):
         return norm
 
     def state_dict(self) -> dict:
-        # Checkpoints are read back with torch.load(weights_only=True): keep the entries made of
-        # tensors, numbers and strings. A ZeRO state also carries a loss-scaler object (unused in
-        # fp32/bf16) and parameter-slice maps for universal checkpoints; loading needs neither.
-        state = self.engine.optimizer.state_dict()
-        plain = {k: _plain(v) for k, v in state.items()}
-        return {"optimizer": {k: v for k, v in plain.items() if v is not _DROP}}
+        """The optimizer state, independent of the world size: under ZeRO-1/2 every rank holds
+        one slice of the flat fp32 master weights and Adam moments, so all ranks call this
+        together (a collective) and get it consolidated per parameter, in torch AdamW's own
+        format (the TorchTrainer's, loadable on any number of ranks), plus the fp32 masters."""
+        optimizer = self.engine.optimizer
+        if not hasattr(optimizer, "single_partition_of_fp32_groups"):
+            # stage 0: the plain AdamW (fp32) or DeepSpeed's bf16 wrapper (one rank, see _zero_ranks).
+            # Checkpoints are read back with torch.load(weights_only=True): keep the entries made
+            # of tensors, numbers and strings (a ZeRO state also carries a loss-scaler object and
+            # parameter-slice maps for universal checkpoints; loading needs neither)
+            plain = {k: _plain(v) for k, v in optimizer.state_dict().items()}
+            return {"optimizer": {k: v for k, v in plain.items() if v is not _DROP}}
+        state, masters, groups, index = {}, [], [], 0
+        for i, partition in enumerate(optimizer.single_partition_of_fp32_groups):
+            inner = optimizer.optimizer.state.get(partition, {})
+            flats = {name: self._gather_flat(optimizer, i, inner[name] if name in inner else torch.zeros_like(partition))
+                     for name in ("exp_avg", "exp_avg_sq")}  # fmt: skip
+            flats["master"] = self._gather_flat(optimizer, i, partition.detach())
+            step = inner.get("step", torch.tensor(0.0))
+            params = []
+            for param, view in zip(optimizer.bit16_groups[i], self._param_views(optimizer, i)):
+                if "exp_avg" in inner:
+                    state[index] = {"step": step.clone(), "exp_avg": view(flats["exp_avg"]), "exp_avg_sq": view(flats["exp_avg_sq"])}
+                masters.append(view(flats["master"]))
+                params.append(index)
+                index += 1
+            group = {k: _plain(v) for k, v in optimizer.optimizer.param_groups[i].items() if k != "params"}
+            groups.append({**{k: v for k, v in group.items() if v is not _DROP}, "params": params})
+        return {"optimizer": {"state": state, "param_groups": groups}, "fp32_masters": masters}
 
     def load_state_dict(self, state: dict) -> None:
         optimizer = self.engine.optimizer
-        if isinstance(optimizer, torch.optim.Optimizer):  # stage 0, fp32: the plain AdamW
-            optimizer.load_state_dict(state["optimizer"])
-        else:  # ZeRO / bf16 wrappers take one state per saved rank; fp32 masters from the state
+        if not hasattr(optimizer, "single_partition_of_fp32_groups"):
+            if isinstance(optimizer, torch.optim.Optimizer):  # stage 0, fp32: the plain AdamW
+                optimizer.load_state_dict(state["optimizer"])
+            else:  # the bf16 wrapper takes one state per saved rank; fp32 masters from the state
+                optimizer.load_state_dict([state["optimizer"]], load_from_fp32_weights=True)
+            return
+        if "param_groups" not in state["optimizer"]:  # a ZeRO state saved by one rank before states were consolidated
             optimizer.load_state_dict([state["optimizer"]], load_from_fp32_weights=True)
+            return
+        saved, masters = state["optimizer"]["state"], state.get("fp32_masters")
+        index = 0
+        for i, partition in enumerate(optimizer.single_partition_of_fp32_groups):
+            group = state["optimizer"]["param_groups"][i]
+            for key in ("lr", "betas", "eps", "weight_decay"):
+                if key in group:
+                    optimizer.optimizer.param_groups[i][key] = group[key]
+            count = len(optimizer.bit16_groups[i])
+            indices = range(index, index + count)
+            index += count
+            if masters is not None:
+                partition.data.copy_(self._my_slice(optimizer, i, [masters[k] for k in indices]))
+            else:  # fp32 weights are their own masters (TorchTrainer's state carries none)
+                partition.data.copy_(self._my_slice(optimizer, i, [p.detach().float() for p in optimizer.bit16_groups[i]]))
+            if any(k in saved for k in indices):
+                first = saved[indices[0]]
+                optimizer.optimizer.state[partition] = {
+                    "step": first["step"].clone() if torch.is_tensor(first["step"]) else torch.tensor(float(first["step"])),
+                    "exp_avg": self._my_slice(optimizer, i, [saved[k]["exp_avg"] for k in indices]),
+                    "exp_avg_sq": self._my_slice(optimizer, i, [saved[k]["exp_avg_sq"] for k in indices]),
+                }
+
+    # ZeRO-1/2 layout: param group i is one flat buffer (each parameter at an aligned offset,
+    # in DeepSpeed's round-robin order), cut into equal partitions, one per rank
+    @staticmethod
+    def _gather_flat(optimizer, i: int, mine: torch.Tensor) -> torch.Tensor:
+        """Group i's whole flat buffer from every rank's partition `mine`."""
+        rank, world = data_parallel_rank()
+        if world == 1:
+            return mine.detach().float().clone()
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(parts, mine.detach().contiguous())
+        return torch.cat(parts).float()  # (padded group numel,)
+
+    @staticmethod
+    def _param_views(optimizer, i: int):
+        """For each parameter of group i (model order): flat buffer -> that parameter's tensor."""
+        metas, offsets = optimizer.round_robin_bit16_meta[i], optimizer.round_robin_bit16_offsets[i]
+        views = []
+        for param_index in range(len(optimizer.bit16_groups[i])):
+            rr = optimizer.round_robin_bit16_indices[i][param_index]
+            meta, offset = metas[rr], offsets[rr]
+            views.append(lambda flat, o=offset, m=meta: flat.narrow(0, o, m.numel()).view(m.shape).clone())
+        return views
+
+    @staticmethod
+    def _my_slice(optimizer, i: int, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """This rank's partition of group i's flat buffer holding `tensors` (model order)."""
+        flat = torch.zeros(optimizer.bit16_groups_flat[i].numel(), dtype=torch.float32)  # (padded group numel,)
+        for param_index, tensor in enumerate(tensors):
+            rr = optimizer.round_robin_bit16_indices[i][param_index]
+            flat.narrow(0, optimizer.round_robin_bit16_offsets[i][rr], tensor.numel()).copy_(tensor.reshape(-1))
+        size = optimizer.partition_size[i]
+        rank = data_parallel_rank()[0]
+        return flat.narrow(0, rank * size, size).to(optimizer.single_partition_of_fp32_groups[i].device).clone()
 
 
 TRAINERS = {"torch": TorchTrainer, "deepspeed": DeepSpeedTrainer}

@@ -23,9 +23,11 @@ the flow talks to Prefect and MLflow; ranks log nothing.
 A lost rank (its process killed, out of memory, its node gone) fails the phase's call with
 `RankLost`; the group ends its other actors, and Prefect retries the phase. The retry finds the
 group down and rebuilds it from `state`: the weights and optimizer state as of the last
-successful update, which the flow keeps in memory (fetched from rank 0 after every update, the
-one transfer per iteration this costs). Every phase of an iteration starts from that state, so
-the retried phase re-runs from exactly where the first attempt started.
+successful update, which the flow keeps in memory (sent by rank 0 after every update, with a
+ZeRO optimizer's slices gathered from every rank first: the one transfer per iteration this
+costs). Every phase of an iteration starts from that state, so the retried phase re-runs from
+exactly where the first attempt started; an update retried after it had succeeded on the ranks
+goes back to the state its first attempt started from.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from attnrl_core.prompt_groups import PromptGroup
 from attnrl_core.rollout import Generation, SamplingParams, engine_class, resolve_budgets, resolve_counts, resolve_prompt_index
 from attnrl_core.scoring import score_groups
 from attnrl_core.steps import decode_vocab, separator_mask
-from attnrl_core.trainer import TRAINERS, PolicySample, UpdateStats, collective_seconds
+from attnrl_core.trainer import TRAINERS, PolicySample, UpdateStats, collective_seconds, data_parallel_rank
 from tasks.phase import FaultInjector
 
 
@@ -109,8 +111,11 @@ class Rank:
         """Nothing to split: one rank in the flow's process dispatches nothing (RankGroup.timing)."""
         return {}
 
-    def state_dicts(self) -> tuple[dict, dict]:
-        return self.policy.state_dict(), self.trainer.state_dict()
+    def state_dicts(self) -> tuple[dict, dict] | None:
+        """(weights, optimizer state), world-size free. In a group every rank calls this (the
+        ZeRO optimizer state is gathered from all of them); only rank 0 returns it."""
+        optimizer = self.trainer.state_dict()
+        return (self.policy.state_dict(), optimizer) if data_parallel_rank()[0] == 0 else None
 
     def load_state_dicts(self, weights: dict, optimizer: dict) -> None:
         self.policy.load_state_dict(weights)
@@ -206,12 +211,14 @@ class RankGroup:
         self.world = cfg.train.ranks
         self.actors: list | None = None
         self.state = state
-        self._updated: int | None = None  # the iteration whose update last started
+        # (iteration, state) where the latest iteration's update started: a retry of that update
+        # (after it succeeded on the ranks, e.g. failed in the flow) goes back to it
+        self._before: tuple[int, tuple[dict, dict]] | None = None
         self.rebuilds = 0
         self._seconds = (0.0, 0.0)  # (compute, dispatch + communication) since the last timing()
         self._start()
         if self.state is None:  # the base weights and a fresh optimizer: what a rebuild starts from
-            self.state = self._call("state_dicts", [()] + [None] * (self.world - 1))[0]
+            self.state = self._call("state_dicts", [()] * self.world)[0]
 
     # -- lifecycle --------------------------------------------------------------------------
     def _start(self) -> None:
@@ -336,13 +343,15 @@ class RankGroup:
         iteration first puts the state of before the first attempt back on the ranks."""
         import ray
 
-        if self._updated == iteration and self.actors is not None:
-            weights, optimizer = ray.put(self.state[0]), ray.put(self.state[1])
-            self._call("load_state_dicts", [(weights, optimizer)] * self.world)
-        self._updated = iteration
+        if self._before is not None and self._before[0] == iteration:  # a retry: back to where attempt one started
+            self.state = self._before[1]
+            if self.actors is not None:  # (a rebuilt group starts from self.state anyway)
+                weights, optimizer = ray.put(self.state[0]), ray.put(self.state[1])
+                self._call("load_state_dicts", [(weights, optimizer)] * self.world)
+        self._before = (iteration, self.state)
         ref = ray.put(list(samples))
         stats = self._call("update", [(ref, seed, iteration, False)] * self.world, "update", iteration)[0]
-        self.state = self._call("state_dicts", [()] + [None] * (self.world - 1))[0]
+        self.state = self._call("state_dicts", [()] * self.world)[0]
         return stats
 
     def gradient(self, samples: Sequence[PolicySample]) -> dict[str, torch.Tensor]:

@@ -103,11 +103,12 @@ def clean_two(tmp_path_factory):
     return uri, result
 
 
-@pytest.mark.parametrize("fault", ["rollout@2:kill-rank1", "update@2:kill-rank1"])
+@pytest.mark.parametrize("fault", ["rollout@2:kill-rank1", "update@2:kill-rank1,update@3"])
 def test_a_rank_killed_mid_run_is_survived_and_changes_nothing(clean_two, fault):
-    """Rank 1's process SIGKILLs itself in the phase's first attempt while rank 0 works. The run
-    is also a second 2-rank run of the same seed: it must end where the uninterrupted one did,
-    bit for bit (gloo sums two shares in a fixed order)."""
+    """Rank 1's process SIGKILLs itself in the phase's first attempt while rank 0 works (and
+    update@3 fails in the flow after the ranks have updated: its retry must start again from
+    the weights before). The run is also a second 2-rank run of the same seed: it must end
+    where the uninterrupted one did, bit for bit (gloo sums two shares in a fixed order)."""
     uri, clean = clean_two
     faulted = train(uri, TWO, f"train.fault={fault}")
     assert faulted["rank_rebuilds"] == 1, f"{fault}: the lost rank should have had its group rebuilt once"
@@ -117,13 +118,29 @@ def test_a_rank_killed_mid_run_is_survived_and_changes_nothing(clean_two, fault)
     assert no_rank_left()
 
 
-@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
-def test_resume_on_another_number_of_ranks_continues_the_same_run(clean_two, tmp_path, monkeypatch, before, after):
+DEEPSPEED = ["train.backend=deepspeed", "train.zero_stage=2"]
+
+
+def test_deepspeed_zero2_across_ranks_survives_a_lost_rank_and_equals_the_torch_update(clean_two):
+    """ZeRO-2 on 2 ranks: optimizer state and gradients partitioned, every backward pass
+    reduce-scattered (ranks with fewer passes run empty ones). A lost rank's group is rebuilt
+    from the consolidated state, and a retried update restores it on both ranks."""
+    uri, clean = clean_two
+    faulted = train(uri, TWO, *DEEPSPEED, "train.fault=update@2:kill-rank1,update@3")
+    assert faulted["rank_rebuilds"] == 1
+    reference, ds = final_weights(clean), final_weights(faulted)
+    worst = max((reference[k] - ds[k]).abs().max().item() for k in reference)
+    assert worst <= 1e-5, f"DeepSpeed ZeRO-2 on 2 ranks drifts from the torch update by {worst:.2e}"
+    assert no_rank_left()
+
+
+@pytest.mark.parametrize("before, after, backend", [(2, 1, []), (1, 2, []), (2, 1, DEEPSPEED)], ids=["2-1", "1-2", "2-1-zero2"])
+def test_resume_on_another_number_of_ranks_continues_the_same_run(clean_two, tmp_path, monkeypatch, before, after, backend):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     name = f"moved-{before}-{after}"
     monkeypatch.setenv("ATTNRL_FAULT", "update@3")  # with no retries the run fails after iteration 2's checkpoint
     with pytest.raises(Exception, match="injected fault"):
-        train(uri, f"train.ranks={before}", "train.retries=0", run_name=name)
+        train(uri, f"train.ranks={before}", "train.retries=0", *backend, run_name=name)
     monkeypatch.delenv("ATTNRL_FAULT")
     assert no_rank_left(), "a failed run ends its rank actors"
     client = mlflow.MlflowClient(uri)
