@@ -82,6 +82,8 @@ bench: $(STAMP)
 	$(PY) bench/verify.py
 	$(PY) bench/update.py
 	$(PY) bench/warmstart.py
+	$(PY) bench/ranks.py
+	$(PY) bench/scaling.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -217,7 +217,10 @@ class RolloutConfig(_Section):
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature of initial responses and continuations (0 = greedy).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.")
-    max_batch_size: int = Field(256, ge=1, description="Largest generation micro-batch of the hf engine.")
+    max_batch_size: int = Field(
+        256, ge=1, description="Largest generation micro-batch of the hf engine, and the sequences of one FCI scoring pass "
+        "(whose logits take sequences x length x vocabulary x 2 bytes: keep it small for long responses, docs/scaling.md).",
+    )
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="The vLLM server's settings (rollout.engine: vllm).")
 
 
