@@ -520,6 +520,8 @@ class DeepSpeedTrainer(TorchTrainer):
                     "exp_avg": self._my_slice(optimizer, i, [saved[k]["exp_avg"] for k in indices]),
                     "exp_avg_sq": self._my_slice(optimizer, i, [saved[k]["exp_avg_sq"] for k in indices]),
                 }
+            else:  # saved before the first step: no moments yet (not the ones of a step since)
+                optimizer.optimizer.state.pop(partition, None)
 
     # ZeRO-1/2 layout: param group i is one flat buffer (each parameter at an aligned offset,
     # in DeepSpeed's round-robin order), cut into equal partitions, one per rank

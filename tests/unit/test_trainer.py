@@ -208,6 +208,26 @@ def test_deepspeed_state_round_trip_continues_exactly(tmp_path, zero_stage, bf16
     _assert_close(_weights(a), _weights(c), atol=0.0)
 
 
+@pytest.mark.parametrize("zero_stage", [1, 2])
+def test_a_zero_state_from_before_any_step_restores_no_moments(zero_stage):
+    """A retried first update restores the state of before it: weights and NO Adam moments (not
+    the moments the failed attempt left); the state is torch AdamW's per-parameter format."""
+    from attnrl_core.trainer import DeepSpeedTrainer
+
+    make = lambda m: DeepSpeedTrainer(m, None, PAD, OptimConfig(lr=1e-2, kl_coef=0.0, minibatch_sequences=2, micro_batch_tokens=0), TrainConfig(zero_stage=zero_stage))  # noqa: E731
+    a, b = tiny_model(), tiny_model()
+    ta, tb = make(a), make(b)
+    before = ({k: v.clone() for k, v in a.state_dict().items()}, ta.state_dict())
+    assert before[1]["optimizer"]["state"] == {} and len(before[1]["optimizer"]["param_groups"][0]["params"]) == len(list(a.parameters()))
+    ta.update(SAMPLES, torch.Generator().manual_seed(0))  # the failed first attempt
+    a.load_state_dict(before[0])
+    ta.load_state_dict(before[1])
+    ta.update(SAMPLES, torch.Generator().manual_seed(0))  # the retry
+    tb.update(SAMPLES, torch.Generator().manual_seed(0))
+    _assert_close(_weights(a), _weights(b), atol=0.0)
+    assert set(ta.state_dict()["optimizer"]["state"]) == set(range(len(list(a.parameters()))))
+
+
 def test_deepspeed_refuses_zero_stage_3():
     from attnrl_core.trainer import DeepSpeedTrainer
 
