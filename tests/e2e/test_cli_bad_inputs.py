@@ -36,9 +36,6 @@ def test_each_bad_input_exits_2_naming_it_and_writes_nothing(bad, tmp_path):
         (["eval", "--model", str(FIXTURE), "--benchmark", str(tmp_path / "nowhere.jsonl")], ["eval.benchmarks[0].source", "no such file"]),
         (["train", "--set", f"model.path={mismatch}"], ["model.path", "disagree"]),
         (["train", "--set", f"eval.benchmarks=[heldout, {rows}]"], [str(rows), "line 3"]),
-        # where a multi-rank run would go: checked before the flow (and its Prefect server) starts
-        (["train", "--set", "train.ranks=512"], ["train.ranks = 512 needs 512 CPUs", "for a local Ray"]),
-        (["train", "--set", "train.ranks=2", "--set", "ray.address=127.0.0.1:1"], ["ray.address = '127.0.0.1:1'", "no Ray cluster could be reached"]),
     ]
     for args, words in cases:
         done = cli(*args, "--quiet", env=env, timeout=300)
@@ -47,3 +44,30 @@ def test_each_bad_input_exits_2_naming_it_and_writes_nothing(bad, tmp_path):
         assert all(w in message for w in words), (args, message)
         assert "Traceback" not in done.stderr
     assert not store.exists()  # nothing was written before the input was checked
+
+
+@pytest.mark.parametrize(
+    "sets, words",
+    [
+        (["train.ranks=512"], ["train.ranks = 512 needs 512 CPUs", "for a local Ray"]),
+        (["train.ranks=2", "ray.address=127.0.0.1:1"], ["ray.address = '127.0.0.1:1'", "no Ray cluster could be reached"]),
+    ],
+    ids=["more-ranks-than-cpus", "unreachable-cluster"],
+)
+def test_where_a_multi_rank_run_cannot_go_exits_2_before_prefect_starts(tmp_path, monkeypatch, sets, words):
+    """Checked by the CLI before the flow (and its Prefect server) starts; in process, since no
+    flow runs (a Ray cluster this process already had would be joined instead: none here)."""
+    import ray
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    assert not ray.is_initialized()
+    store = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    args = ["train", "--quiet", "--set", f"model.path={FIXTURE}"] + [a for s in sets for a in ("--set", s)]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2, done.output[-2000:]
+    message = " ".join(done.output.split())
+    assert all(w in message for w in words), message
+    assert not store.exists() and not ray.is_initialized()
