@@ -528,7 +528,7 @@ class DeepSpeedTrainer(TorchTrainer):
     @staticmethod
     def _gather_flat(optimizer, i: int, mine: torch.Tensor) -> torch.Tensor:
         """Group i's whole flat buffer from every rank's partition `mine`."""
-        rank, world = data_parallel_rank()
+        world = data_parallel_rank()[1]
         if world == 1:
             return mine.detach().float().clone()
         import torch.distributed as dist
