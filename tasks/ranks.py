@@ -296,7 +296,7 @@ class RankGroup:
         calls = {r: self.actors[r].call.remote(method, args, die=r == doomed) for r, args in enumerate(per_rank) if args is not None}
         results = dict(zip(calls, self._gather(list(calls.values()))))
         # the slowest rank's compute is work; the rest of the call is dispatch + communication
-        busy = max(seconds for _, seconds in results.values())
+        busy = max((seconds for _, seconds in results.values()), default=0.0)  # (no rank had work: 0)
         self._seconds = (self._seconds[0] + busy, self._seconds[1] + time.perf_counter() - start - busy)
         return [results[r][0] if r in results else None for r in range(self.world)]
 
