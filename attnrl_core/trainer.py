@@ -17,6 +17,7 @@ import math
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -72,15 +73,23 @@ def collective_seconds() -> float:
     return _collective_seconds
 
 
-def _all_reduce(tensor: torch.Tensor, op: str = "sum") -> None:
-    """Reduce `tensor` in place over the data-parallel group ('sum' or 'max'), timed into
-    collective_seconds()."""
+@contextmanager
+def _collective():
+    """Time the torch.distributed collective inside the block into collective_seconds()."""
     global _collective_seconds
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _collective_seconds += time.perf_counter() - start
+
+
+def _all_reduce(tensor: torch.Tensor, op: str = "sum") -> None:
+    """Reduce `tensor` in place over the data-parallel group ('sum' or 'max')."""
     import torch.distributed as dist
 
-    start = time.perf_counter()
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-    _collective_seconds += time.perf_counter() - start
+    with _collective():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
@@ -464,7 +473,7 @@ class DeepSpeedTrainer(TorchTrainer):
         format (the TorchTrainer's, loadable on any number of ranks), plus the fp32 masters."""
         optimizer = self.engine.optimizer
         if not hasattr(optimizer, "single_partition_of_fp32_groups"):
-            # stage 0: the plain AdamW (fp32) or DeepSpeed's bf16 wrapper (one rank, see _zero_ranks).
+            # stage 0: the plain AdamW (fp32) or DeepSpeed's bf16 wrapper (one rank: TrainConfig refuses more).
             # Checkpoints are read back with torch.load(weights_only=True): keep the entries made
             # of tensors, numbers and strings (a ZeRO state also carries a loss-scaler object and
             # parameter-slice maps for universal checkpoints; loading needs neither)
@@ -478,7 +487,7 @@ class DeepSpeedTrainer(TorchTrainer):
             flats["master"] = self._gather_flat(optimizer, i, partition.detach())
             step = inner.get("step", torch.tensor(0.0))
             params = []
-            for param, view in zip(optimizer.bit16_groups[i], self._param_views(optimizer, i)):
+            for view in self._param_views(optimizer, i):
                 if "exp_avg" in inner:
                     state[index] = {"step": step.clone(), "exp_avg": view(flats["exp_avg"]), "exp_avg_sq": view(flats["exp_avg_sq"])}
                 masters.append(view(flats["master"]))
@@ -534,7 +543,8 @@ class DeepSpeedTrainer(TorchTrainer):
         import torch.distributed as dist
 
         parts = [torch.empty_like(mine) for _ in range(world)]
-        dist.all_gather(parts, mine.detach().contiguous())
+        with _collective():
+            dist.all_gather(parts, mine.detach().contiguous())
         return torch.cat(parts).float()  # (padded group numel,)
 
     @staticmethod
