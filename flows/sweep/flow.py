@@ -15,7 +15,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from prefect import flow
 
-from attnrl_core.config import load_config
+from attnrl_core.config import Config, load_config
 from attnrl_core.errors import AttnRLError
 from flows import RUNS_DIR, tracking
 from flows.sweep.runs import ensure_parent_run, trial_rows, write_best
@@ -53,7 +53,8 @@ def sweep_flow(
         raise AttnRLError(f"--trials must be at least 1 (got {target}).")
     uri = tracking.resolve_uri(tracking_uri)
     storage_url = storage or default_storage()
-    experiment_id = tracking.setup(uri, load_config(base, fixed).name)
+    cfg = load_config(base, fixed)  # the trials' base: their experiment, Ray cluster and base policy
+    experiment_id = tracking.setup(uri, cfg.name)
     study = open_study(spec, open_storage(storage_url, spec.heartbeat))
     for point in spec.enqueue:  # skip_if_exists: a re-run must not queue them again
         study.enqueue_trial(point, skip_if_exists=True)
@@ -63,8 +64,8 @@ def sweep_flow(
     status = "FINISHED"
     try:
         # trials with train.ranks > 1 share one Ray cluster: the one named, or a local one on the whole machine
-        with ray_cluster(load_config(base, fixed), whole_machine=True):
-            _run_workers(spec, base, fixed, uri, shared, workers, quiet)
+        with ray_cluster(cfg, whole_machine=True):
+            _run_workers(spec, cfg, base, fixed, uri, shared, workers, quiet)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -98,12 +99,13 @@ def sweep_flow(
     }
 
 
-def _run_workers(spec, base: Path, fixed: list[str], uri: str, shared: dict, workers: int, quiet: bool) -> None:
-    """The study's trials: in this process (one worker) or in `workers` worker processes."""
+def _run_workers(spec, cfg: Config, base: Path, fixed: list[str], uri: str, shared: dict, workers: int, quiet: bool) -> None:
+    """The study's trials (base config `cfg`): in this process (one worker) or in `workers`
+    worker processes."""
     if workers == 1:
         run_worker(**shared, worker=0, quiet=quiet)
     else:
-        if load_config(base, fixed).model.path is None:
+        if cfg.model.path is None:
             # every trial starts from the tiny base policy: build it once, not once per worker at the same time
             from flows.warmstart import warmstart_flow
 
