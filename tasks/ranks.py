@@ -145,6 +145,28 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _await_exit(pids: list[int], grace_s: float = 10.0) -> None:
+    """Wait for the worker processes of killed actors on this node to end: ray.kill only asks,
+    and a worker busy in a long call (or a collective whose peer is gone) can outlive the group
+    by a while; past `grace_s` they get SIGKILL. (A remote node's workers are Ray's to end.)"""
+
+    def alive(pid: int) -> bool:
+        try:  # a zombie has ended (its parent, the raylet, reaps it); a reused pid is not a Ray worker
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            return stat.rsplit(")", 1)[1].split()[0] != "Z" and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::")
+        except (OSError, IndexError):
+            return False
+
+    deadline = time.monotonic() + grace_s
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def rank_config(cfg: Config, rank: int) -> Config:
     """Rank `rank`'s copy of the run's config: a fixed vLLM server port moves up by the rank, so
     that the servers of ranks on one node do not collide (port 0, any free port, stays 0).
@@ -173,6 +195,12 @@ class RankActor:
         import ray
 
         return ray.util.get_node_ip_address(), _free_port()
+
+    def process(self) -> tuple[str, int]:
+        """(Ray node id, pid) of this actor's worker process: the group waits for it to end."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), os.getpid()
 
     def setup(self, cfg_json: dict, base: str, rank: int, world: int, master: tuple[str, int], state: tuple[dict, dict] | None) -> None:
         import torch.distributed as dist
@@ -210,6 +238,7 @@ class RankGroup:
         self.cfg, self.base, self.faults = cfg, base, faults
         self.world = cfg.train.ranks
         self.actors: list | None = None
+        self._pids: list[int] = []  # the actors' worker processes on this node
         self.state = state
         # (iteration, state) where the latest iteration's update started: a retry of that update
         # (after it succeeded on the ranks, e.g. failed in the flow) goes back to it
@@ -244,6 +273,8 @@ class RankGroup:
             ).remote()
             for r in range(self.world)
         ]  # fmt: skip
+        here = ray.get_runtime_context().get_node_id()
+        self._pids = [pid for node, pid in self._gather([a.process.remote() for a in self.actors]) if node == here]
         master = self._gather([self.actors[0].address.remote()])[0]
         state_ref = ray.put(self.state) if self.state is not None else None
         cfg_json = self.cfg.model_dump(mode="json")
@@ -256,7 +287,8 @@ class RankGroup:
             ray.kill(actor, no_restart=True)
         if self.actors is not None:
             ray.util.remove_placement_group(self._group)
-        self.actors = None
+            _await_exit(self._pids)
+        self.actors, self._pids = None, []
 
     def close(self) -> None:
         self._stop()

@@ -7,6 +7,7 @@ starting their own); the module runs on one pytest worker (xdist_group), so the 
 one cluster, not one per worker.
 """
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -34,25 +35,42 @@ def ray_local():
     ray.shutdown()
 
 
-def rank_processes() -> list[int]:
-    """Live rank actors: Ray titles a worker process after the actor it runs (ray::RankActor...)."""
-    found = []
+def _parent(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return "0"
+
+
+def rank_processes() -> list[str]:
+    """This test process's live rank actors, as "pid cmdline": Ray titles a worker process
+    after the actor it runs (ray::RankActor...). Only descendants of this process (its Ray's
+    raylet starts the workers) count: a CLI test on the other pytest worker may be running a
+    2-rank run of its own right now."""
+    me, found = str(os.getpid()), []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RankActor"):
-                found.append(int(proc.name))
+            if proc.name.isdigit() and (cmdline := (proc / "cmdline").read_bytes()).startswith(b"ray::RankActor"):
+                pid = proc.name
+                while pid not in (me, "0", "1"):
+                    pid = _parent(pid)
+                if pid == me:
+                    found.append(f"{proc.name} {cmdline.rstrip(bytes(1)).decode(errors='replace')}")
         except OSError:
             pass
     return found
 
 
 def no_rank_left() -> bool:
+    """The group waits for its actors' processes to end when it closes (or ends them): allow
+    only a moment for the kernel."""
     import time
 
-    deadline = time.monotonic() + 15  # a killed actor's process takes a moment to go
+    deadline = time.monotonic() + 3
     while rank_processes() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return rank_processes() == []
+        time.sleep(0.1)
+    assert rank_processes() == [], f"rank actors outlived their group: {rank_processes()}"
+    return True
 
 
 def first_iteration(ranks: int) -> tuple[TrainSession, list]:
