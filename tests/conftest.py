@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["OMP_NUM_THREADS"] = "1"
 
 from flows.reaper import carriers, guard  # noqa: E402  (after the environment above is set)
-from tests.support import FIXTURE  # noqa: E402
+from tests.support import FIXTURE, start_prefect_server  # noqa: E402
 
 # Everything the tests start carries this session's owner token: the reaper ends it when pytest
 # ends (however it ends), and the check below proves nothing was orphaned before that.
@@ -78,3 +78,18 @@ def base_uri(session_home):
     """The shared base policy (a checked-in fixture) and an MLflow store for session-wide use."""
     assert (FIXTURE / "model.safetensors").is_file(), "tests/fixtures/tiny_base is missing: run `make test-fixture`"
     return f"sqlite:///{session_home / 'base-mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def prefect_api(session_home):
+    """One Prefect API server (no background services) for this pytest worker's CLI runs: each
+    run that would start a temporary server of its own (~12 s on a fresh Prefect home, most of
+    a reduced run) talks to this one instead. The lifecycle tests keep their own servers."""
+    server, url = start_prefect_server(session_home / "prefect-api", "--no-services", "--no-ui")
+    yield url
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except Exception:
+        server.kill()
+        server.wait()

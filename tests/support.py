@@ -104,13 +104,49 @@ def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProces
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True, env=env, **kw)
 
 
-def cli_env(uri: str) -> dict:
+def cli_env(uri: str, prefect_api: str | None = None) -> dict:
+    """The environment of a CLI subprocess: its MLflow store, and either a Prefect API server of
+    this session's (`prefect_api`, the `prefect_api` fixture: the run starts no server of its
+    own, as with any PREFECT_API_URL) or, without one, a Prefect home of its own, in which the
+    run starts its own temporary server like `attnrl train` on a fresh machine (a subprocess we
+    SIGKILL must not take down, or share, the temporary server of this test process)."""
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = uri
-    # a Prefect home of its own: a subprocess we SIGKILL must not take down (or share) the
-    # temporary API server of this test process
     env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="attnrl-cli-prefect-")
+    if prefect_api is not None:
+        env["PREFECT_API_URL"] = prefect_api
     return env
+
+
+def start_prefect_server(home: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on a free port of 127.0.0.1 with its own home; returns the process
+    and its API URL once /health answers."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PREFECT_HOME=str(home))
+    env.pop("PREFECT_API_URL", None)
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    server = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port), *flags],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return server, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            raise RuntimeError("the Prefect server did not come up on 127.0.0.1")
+        time.sleep(0.25)
 
 
 def sets(*extra: str) -> list[str]:

@@ -25,10 +25,10 @@ def bad(tmp_path):
     return rows, no_weights, mismatch
 
 
-def test_each_bad_input_exits_2_naming_it_and_writes_nothing(bad, tmp_path):
+def test_each_bad_input_exits_2_naming_it_and_writes_nothing(bad, tmp_path, prefect_api):
     rows, no_weights, mismatch = bad
     store = tmp_path / "mlflow.db"
-    env = cli_env(f"sqlite:///{store}")
+    env = cli_env(f"sqlite:///{store}", prefect_api)
     cases = [
         (["eval", "--model", str(FIXTURE), "--benchmark", str(rows)], [str(rows), "line 3", "missing field 'answer'"]),
         (["eval", "--model", str(no_weights)], ["model.path", "no weights"]),

@@ -15,12 +15,12 @@ from tests.support import REPO, assert_same_weights, cli, cli_env, final_weights
 pytestmark = pytest.mark.slow
 
 
-def test_kill_9_then_resume_equals_uninterrupted_run(base_uri, tmp_path):
+def test_kill_9_then_resume_equals_uninterrupted_run(base_uri, tmp_path, prefect_api):
     """SIGKILL at seeded random moments (mid-rollout, mid-update, mid-checkpoint...), resume until
     done: same final weights, same metrics, no step logged twice, no checkpoint corrupted."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     extra = ["train.iterations=5"]
-    env = cli_env(uri)
+    env = cli_env(uri, prefect_api)
     # the uninterrupted reference runs the same way as the killed one: a fresh CLI process, so
     # nothing this test process did before (other tests, its thread pool) can differ between them
     started_at = time.monotonic()
@@ -64,18 +64,19 @@ def test_kill_9_then_resume_equals_uninterrupted_run(base_uri, tmp_path):
     assert run_metrics(uri, reference.info.run_id) == run_metrics(uri, killed[0].info.run_id)
 
 
-def test_cli_train_end_to_end_and_bad_input(base_uri, tmp_path):
+def test_cli_train_end_to_end_and_bad_input(base_uri, tmp_path, prefect_api):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = cli("train", "--quiet", *sets("train.iterations=2"), env=cli_env(uri), timeout=900)
+    env = cli_env(uri, prefect_api)
+    done = cli("train", "--quiet", *sets("train.iterations=2"), env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "before" in done.stdout and "after" in done.stdout and "MLflow run" in done.stdout
 
-    bad = cli("train", "--quiet", "--set", "branch.rho=1.5", env=cli_env(uri), timeout=120)
+    bad = cli("train", "--quiet", "--set", "branch.rho=1.5", env=env, timeout=120)
     assert bad.returncode == 2
     assert "branch.rho" in bad.stderr and "<= 1.0" in bad.stderr
 
-    unreachable = cli("train", "--quiet", *sets(), "--tracking-uri", "http://127.0.0.1:9", env=cli_env(uri), timeout=120)
+    unreachable = cli("train", "--quiet", *sets(), "--tracking-uri", "http://127.0.0.1:9", env=env, timeout=120)
     assert unreachable.returncode == 2 and "unreachable" in unreachable.stderr
 
-    missing = cli("resume", "no-such-run", "--quiet", env=cli_env(uri), timeout=120)
+    missing = cli("resume", "no-such-run", "--quiet", env=env, timeout=120)
     assert missing.returncode == 2 and "no-such-run" in missing.stderr

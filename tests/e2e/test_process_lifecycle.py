@@ -82,9 +82,9 @@ def test_sigkill_of_a_cli_run_leaves_no_process_behind(base_uri, tmp_path, ranks
     assert carriers(token) == [], "processes started by the killed run are still running"
 
 
-def test_sigterm_stops_promptly_marks_killed_keeps_checkpoint_and_resumes(base_uri, tmp_path):
+def test_sigterm_stops_promptly_marks_killed_keeps_checkpoint_and_resumes(base_uri, tmp_path, prefect_api):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = cli_env(uri)
+    env = cli_env(uri, prefect_api)
     proc = _start_train(env)
     token = owner_token(proc.pid)
     run_id = _wait_for_iteration(uri, 2, proc)

@@ -337,7 +337,7 @@ def test_suite_children_die_with_their_parent(tmp_path):
 
 
 @pytest.mark.slow
-def test_suite_of_real_runs_in_parallel_then_compare_table_plots_verdicts_and_mlflow_run(base_uri, tmp_path):
+def test_suite_of_real_runs_in_parallel_then_compare_table_plots_verdicts_and_mlflow_run(base_uri, tmp_path, prefect_api):
     """2 methods x 2 seeds of one iteration through `attnrl compare --suite --workers 2`: trained
     two at a time in child processes, compared against a baseline; a re-run trains nothing and
     resumes (in the same MLflow run) the one run that did not finish."""
@@ -352,7 +352,7 @@ def test_suite_of_real_runs_in_parallel_then_compare_table_plots_verdicts_and_ml
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"configs": ["attnrl.yaml", "grpo.yaml"], "seeds": [0, 1], "overrides": overrides}))
     command = ["compare", "--suite", str(suite), "--workers", "2", "--baseline", "attnrl", "--tracking-uri", uri, "--out", str(tmp_path / "suite-report")]
-    env = cli_env(uri)
+    env = cli_env(uri, prefect_api)
 
     first = cli(*command, env=env, timeout=1800)
     assert first.returncode == 0, first.stderr[-3000:]

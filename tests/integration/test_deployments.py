@@ -3,57 +3,26 @@ worker runs the train deployment on a reduced config."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from tests.support import REPO
-from tests.support import TRAIN_REDUCED
+from tests.support import REPO, TRAIN_REDUCED, start_prefect_server
 
 pytestmark = pytest.mark.slow
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def prefect_server(tmp_path):
-    port = _free_port()
-    env = dict(os.environ)
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-server")
-    env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError("the Prefect server did not come up on 127.0.0.1")
-            time.sleep(1)
-        env["PREFECT_API_URL"] = url
-        yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    server, url = start_prefect_server(tmp_path / "prefect-server")
+    env = dict(os.environ, PREFECT_API_URL=url)
+    yield env
+    server.terminate()
+    server.wait(timeout=30)
 
 
 def _run(args, env, **kw):

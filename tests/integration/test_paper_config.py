@@ -65,9 +65,9 @@ def test_one_iteration_of_the_paper_config_on_cpu(paper_inputs, tmp_path):
     assert set(result["final_eval"]) == {*SETS, "objective"}
 
 
-def test_paper_config_names_what_is_missing(paper_inputs, tmp_path, monkeypatch):
+def test_paper_config_names_what_is_missing(paper_inputs, tmp_path, monkeypatch, prefect_api):
     model, train, _ = paper_inputs
-    env = cli_env(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    env = cli_env(f"sqlite:///{tmp_path / 'mlflow.db'}", prefect_api)
 
     def train_cli(*sets, **extra_env):
         args = [sys.executable, "-m", "flows.cli", "train", "--quiet", "--config", str(PAPER)]

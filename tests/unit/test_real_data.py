@@ -3,7 +3,6 @@ and the verifier on CHAMP's free-text reference answers."""
 
 import json
 
-import pytest
 
 from attnrl_core import data
 from attnrl_core.real_data import champ_problems, gsm8k_originals, gsm_symbolic_training, write_jsonl
