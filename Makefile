@@ -29,11 +29,13 @@ venv: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/attnrl train --config $(CONFIG)
 
-# Two pytest workers (pytest-xdist): each its own session, stores and Prefect server; the slow
-# flow and CLI tests then share the two cores (--dist loadgroup: the Ray tests, xdist_group("ray"),
-# stay on one worker and share one cluster). --durations shows what dominates.
+# Two pytest workers (pytest-xdist, each its own session, stores and Prefect server) share the two
+# cores, idle ones stealing queued tests (worksteal); then the Ray tests (marker `ray`) run alone:
+# a 2-rank run wants both cores, and its ranks meet in a collective every pass, so a third busy
+# process slows them 2-4x. --durations shows what dominates.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not ray" --durations=15
+	$(PY) -m pytest -q -m ray --durations=8
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests/unit

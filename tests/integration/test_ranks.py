@@ -3,8 +3,7 @@ Prefect and MLflow: sharding is invisible in the results, a lost rank is survive
 move between world sizes, and no rank outlives its run.
 
 One local Ray cluster on 127.0.0.1 serves the whole module (the flows join it instead of
-starting their own); the module runs on one pytest worker (xdist_group), so the suite starts
-one cluster, not one per worker.
+starting their own). `make test` runs the module (marker `ray`) on its own, after the rest.
 """
 
 import os
@@ -21,7 +20,7 @@ from tasks.score import score
 from tasks.session import TrainSession
 from tests.support import CONFIG, FIXTURE, TRAIN_REDUCED, assert_same_weights, final_weights, run_metrics, train
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 TWO = "train.ranks=2"
 

@@ -1,6 +1,7 @@
 """Integration: a reduced warm start and an evaluation, end to end, on real Prefect and MLflow."""
 
 import json
+import shutil
 
 import mlflow
 import pytest
@@ -20,8 +21,9 @@ def test_warmstart_trains_caches_and_logs(reduced_cfg, tmp_path):
     from flows.warmstart import base_path, warmstart_flow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = warmstart_flow(cfg_json=reduced_cfg.model_dump(mode="json"), tracking_uri=uri, quiet=True)
     path = base_path(reduced_cfg)
+    shutil.rmtree(path, ignore_errors=True)  # from an empty cache: the evaluation test may have filled it
+    first = warmstart_flow(cfg_json=reduced_cfg.model_dump(mode="json"), tracking_uri=uri, quiet=True)
     assert first["model_path"] == str(path) and not first["cached"]
     assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
     record = json.loads((path / "warmstart.json").read_text())
