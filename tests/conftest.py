@@ -67,12 +67,6 @@ def _no_process_outlives_its_owner():
     assert not described, f"processes started by the tests outlived their parents: {described}"
 
 
-@pytest.fixture
-def tracking_uri(tmp_path) -> str:
-    """A fresh MLflow SQLite store per test."""
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
 @pytest.fixture(scope="session")
 def base_uri(session_home):
     """The shared base policy (a checked-in fixture) and an MLflow store for session-wide use."""

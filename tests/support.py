@@ -7,6 +7,7 @@ reduced copy of the tiny default (TRAIN_REDUCED), each with its own MLflow store
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,17 @@ def train(uri: str, *extra: str, **kwargs) -> dict:
     from flows.train import train_flow
 
     return train_flow(CONFIG, TRAIN_REDUCED + list(extra), tracking_uri=uri, quiet=True, **kwargs)
+
+
+def mlflow_store(folder: Path) -> str:
+    """The tracking URI of a new, empty MLflow SQLite store in `folder`: a copy of one made once
+    per test process (creating MLflow's tables takes ~1 s a store, a few per test)."""
+    template = Path(os.environ["ATTNRL_HOME"]).parent / "mlflow-empty.db"
+    if not template.is_file():
+        mlflow.MlflowClient(f"sqlite:///{template}.new").search_experiments()
+        os.replace(f"{template}.new", template)
+    shutil.copyfile(template, Path(folder) / "mlflow.db")
+    return f"sqlite:///{Path(folder) / 'mlflow.db'}"
 
 
 def run_metrics(uri: str, run_id: str) -> dict[tuple[str, int], float]:

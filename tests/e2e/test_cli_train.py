@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.support import REPO, assert_same_weights, cli, cli_env, final_weights, run_metrics, sets
+from tests.support import REPO, assert_same_weights, cli, cli_env, final_weights, mlflow_store, run_metrics, sets
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted_run(base_uri, tmp_path, prefect_api):
     """SIGKILL at seeded random moments (mid-rollout, mid-update, mid-checkpoint...), resume until
     done: same final weights, same metrics, no step logged twice, no checkpoint corrupted."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     extra = ["train.iterations=5"]
     env = cli_env(uri, prefect_api)
     # the uninterrupted reference runs the same way as the killed one: a fresh CLI process, so
@@ -65,7 +65,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(base_uri, tmp_path, prefect
 
 
 def test_cli_train_end_to_end_and_bad_input(base_uri, tmp_path, prefect_api):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     env = cli_env(uri, prefect_api)
     done = cli("train", "--quiet", *sets("train.iterations=2"), env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -12,7 +12,7 @@ import pytest
 
 from flows.reaper import carriers
 from tasks.checkpoint import complete_checkpoints
-from tests.support import REPO, cli, cli_env, owner_token, sets
+from tests.support import REPO, cli, cli_env, mlflow_store, owner_token, sets
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def _commands(pids: list[int]) -> list[bytes]:
 @pytest.mark.parametrize("ranks", [1, pytest.param(2, marks=pytest.mark.ray)])
 def test_sigkill_of_a_cli_run_leaves_no_process_behind(base_uri, tmp_path, ranks):
     """With 2 ranks the run has also started a local Ray (GCS, raylet, workers) and 2 rank actors."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     env = cli_env(uri)
     proc = _start_train(env, f"train.ranks={ranks}")
     token = owner_token(proc.pid)
@@ -83,7 +83,7 @@ def test_sigkill_of_a_cli_run_leaves_no_process_behind(base_uri, tmp_path, ranks
 
 
 def test_sigterm_stops_promptly_marks_killed_keeps_checkpoint_and_resumes(base_uri, tmp_path, prefect_api):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     env = cli_env(uri, prefect_api)
     proc = _start_train(env)
     token = owner_token(proc.pid)

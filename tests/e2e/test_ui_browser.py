@@ -17,7 +17,7 @@ import mlflow
 import pytest
 
 from flows.reaper import carriers
-from tests.support import REPO, owner_token, train
+from tests.support import REPO, mlflow_store, owner_token, train
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")]
@@ -52,7 +52,7 @@ def _screenshot(url: str, path: Path, tmp_path: Path) -> None:
 
 @pytest.fixture
 def two_runs(base_uri, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     runs = [train(uri, "train.iterations=2", "train.eval_every=2", f"seed={seed}", run_name=f"ui-seed{seed}") for seed in (0, 1)]
     return uri, runs
 

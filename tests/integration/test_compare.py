@@ -35,7 +35,7 @@ from flows.compare import (
     summarize,
     token_budgets,
 )
-from tests.support import REPO, TRAIN_REDUCED, cli, cli_env
+from tests.support import REPO, TRAIN_REDUCED, cli, cli_env, mlflow_store
 
 ABLATIONS = REPO / "experiments" / "ablations"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -202,7 +202,7 @@ def test_suite_runs_every_ablation_with_three_seeds(tmp_path):
 def test_compare_names_a_missing_experiment_and_the_cli_wants_one_source(tmp_path):
     from flows.cli import app
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     mlflow.MlflowClient(uri).create_experiment("empty", artifact_location=(tmp_path / "artifacts").as_uri())
     with pytest.raises(AttnRLError, match="No MLflow experiment named 'nope'.*empty"):
         compare("nope", tracking_uri=uri)
@@ -233,7 +233,7 @@ def log_runs(uri: str, experiment: str, finals: dict[str, list[float]]) -> None:
 def test_cli_compare_with_a_baseline_prints_verdicts_and_logs_one_html_report(tmp_path):
     from flows.cli import app
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     # 'wide' beats 'base' by 4-6 points on every seed; 'noisy' is base give or take 3 points
     log_runs(uri, "verdicts", {"base": [0.50, 0.52, 0.55], "wide": [0.55, 0.57, 0.59], "noisy": [0.53, 0.49, 0.56]})
     out = tmp_path / "report"
@@ -343,7 +343,7 @@ def test_suite_of_real_runs_in_parallel_then_compare_table_plots_verdicts_and_ml
     resumes (in the same MLflow run) the one run that did not finish."""
     from flows.cli import app
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     tiny = (REPO / "experiments/tiny.yaml").read_text()
     (tmp_path / "attnrl.yaml").write_text(tiny)
     (tmp_path / "grpo.yaml").write_text(tiny.replace("method: attnrl", "method: grpo"))
@@ -436,7 +436,7 @@ def test_suite_of_real_runs_in_parallel_then_compare_table_plots_verdicts_and_ml
 def test_compare_defaults_to_the_runs_objective_metric(tmp_path):
     from flows.cli import app
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     log_runs(uri, "objective", {"a": [0.5, 0.6], "b": [0.4, 0.5]})
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("objective").experiment_id])

@@ -1,5 +1,5 @@
-"""Integration: prefect.yaml deploys to a real Prefect server on 127.0.0.1 and a real process
-worker runs the train deployment on a reduced config."""
+"""Integration: prefect.yaml deploys to a real Prefect server on 127.0.0.1 (this pytest worker's
+session server) and a real process worker runs the train deployment on a reduced config."""
 
 import json
 import os
@@ -10,19 +10,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.support import REPO, TRAIN_REDUCED, start_prefect_server
+from tests.support import REPO, TRAIN_REDUCED, mlflow_store
 
 pytestmark = pytest.mark.slow
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-@pytest.fixture
-def prefect_server(tmp_path):
-    server, url = start_prefect_server(tmp_path / "prefect-server")
-    env = dict(os.environ, PREFECT_API_URL=url)
-    yield env
-    server.terminate()
-    server.wait(timeout=30)
 
 
 def _run(args, env, **kw):
@@ -31,9 +22,9 @@ def _run(args, env, **kw):
     return done
 
 
-def test_train_deployment_runs_through_a_worker(prefect_server, tmp_path):
-    env = prefect_server
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_train_deployment_runs_through_a_worker(prefect_api, tmp_path):
+    env = dict(os.environ, PREFECT_API_URL=prefect_api)  # this worker's session server
+    env["MLFLOW_TRACKING_URI"] = mlflow_store(tmp_path)
     _run([PREFECT, "work-pool", "create", "attnrl-local", "--type", "process"], env)
     _run([PREFECT, "--no-prompt", "deploy", "--all"], env)
     # the sweep deployment ships with its nightly schedule switched off

@@ -4,7 +4,7 @@ flow and the evaluation flow, with real Prefect and MLflow, on the run's own eng
 import mlflow
 import pytest
 
-from tests.support import DATA, FIXTURE, run_metrics, train
+from tests.support import DATA, FIXTURE, mlflow_store, run_metrics, train
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,7 @@ SETS = [
 
 
 def test_two_sets_their_own_sampling_and_a_mean_objective_pick_the_best(base_uri, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     result = train(uri, "train.iterations=2", "train.eval_every=1", *SETS)
     metrics = run_metrics(uri, result["run_id"])
     for step in (0, 1, 2):
@@ -41,7 +41,7 @@ def test_evaluation_flow_uses_the_configs_sets_with_a_progress_hook(base_uri, tm
     seen = []
     original = EvalProgress.__call__
     monkeypatch.setattr(EvalProgress, "__call__", lambda self, *a: (seen.append(a), original(self, *a)))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     overrides = ["name=eval-test", "data.heldout_size=8", "eval.max_new_tokens=48", "eval.progress_rows=4", *SETS]
     result = evaluate_flow(str(FIXTURE), None, "experiments/tiny.yaml", overrides, tracking_uri=uri)
     assert {r["benchmark"] for r in result["rows"]} == {"heldout", "aime"}

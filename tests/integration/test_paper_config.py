@@ -13,7 +13,7 @@ import pytest
 
 from attnrl_core.config import load_config
 from tests.real_tokenizers import tiny_qwen2_policy
-from tests.support import REPO, cli_env
+from tests.support import REPO, cli_env, mlflow_store
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_one_iteration_of_the_paper_config_on_cpu(paper_inputs, tmp_path):
     assert [(b.key, b.samples, b.temperature) for b in cfg.eval.sets()] == [(s, 32 if s in SETS[:3] else 4, 0.6) for s in SETS]
     from flows.train import train_flow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     result = train_flow(str(PAPER), [f"model.path={model}", *CPU], tracking_uri=uri, quiet=True)
     run = mlflow.MlflowClient(uri).get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["objective_metric"] == "eval/mean/avg"
@@ -67,7 +67,7 @@ def test_one_iteration_of_the_paper_config_on_cpu(paper_inputs, tmp_path):
 
 def test_paper_config_names_what_is_missing(paper_inputs, tmp_path, monkeypatch, prefect_api):
     model, train, _ = paper_inputs
-    env = cli_env(f"sqlite:///{tmp_path / 'mlflow.db'}", prefect_api)
+    env = cli_env(mlflow_store(tmp_path), prefect_api)
 
     def train_cli(*sets, **extra_env):
         args = [sys.executable, "-m", "flows.cli", "train", "--quiet", "--config", str(PAPER)]

@@ -6,7 +6,7 @@ import pytest
 
 from attnrl_core.config import load_config
 from attnrl_core.pivot_world import PHRASES
-from tests.support import REDUCED, REPO, run_metrics
+from tests.support import REDUCED, REPO, mlflow_store, run_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_pivot_warm_start_then_training_logs_pivot_hit_rates(tmp_path):
     from flows.train import train_flow
     from flows.warmstart import warmstart_flow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     cfg = load_config(CONFIG, PIVOT_REDUCED)
     base = warmstart_flow(cfg_json=cfg.model_dump(mode="json"), tracking_uri=uri, quiet=True)
     assert set(base["heldout"]) == {"avg", "1", "2", "3", "4"}

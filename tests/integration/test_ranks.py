@@ -18,7 +18,7 @@ from tasks.branch import branch
 from tasks.rollout import rollout
 from tasks.score import score
 from tasks.session import TrainSession
-from tests.support import CONFIG, FIXTURE, TRAIN_REDUCED, assert_same_weights, final_weights, run_metrics, train
+from tests.support import CONFIG, FIXTURE, TRAIN_REDUCED, assert_same_weights, final_weights, mlflow_store, run_metrics, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -113,7 +113,7 @@ def test_two_ranks_sample_the_one_rank_tokens_and_sum_its_gradient():
 @pytest.fixture(scope="module")
 def clean_two(tmp_path_factory):
     """An uninterrupted 2-rank run: (its store, its result)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('two') / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path_factory.mktemp('two'))
     result = train(uri, TWO)
     assert result["rank_rebuilds"] == 0
     assert no_rank_left(), "a finished run ends its rank actors"
@@ -153,7 +153,7 @@ def test_deepspeed_zero2_across_ranks_survives_a_lost_rank_and_equals_the_torch_
 
 @pytest.mark.parametrize("before, after, backend", [(2, 1, []), (1, 2, []), (2, 1, DEEPSPEED)], ids=["2-1", "1-2", "2-1-zero2"])
 def test_resume_on_another_number_of_ranks_continues_the_same_run(clean_two, tmp_path, monkeypatch, before, after, backend):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     name = f"moved-{before}-{after}"
     monkeypatch.setenv("ATTNRL_FAULT", "update@3")  # with no retries the run fails after iteration 2's checkpoint
     with pytest.raises(Exception, match="injected fault"):
@@ -182,7 +182,7 @@ def test_a_sweep_of_two_rank_trials_queues_them_on_one_cluster(tmp_path):
     from flows.sweep import sweep_flow
     from tests.integration.test_sweep import TRIAL, write_sweep
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     path = write_sweep(tmp_path / "ranks.yaml", n_trials=2)
     result = sweep_flow(str(path), TRIAL + [TWO], n_trials=2, workers=2, storage=f"sqlite:///{tmp_path / 'optuna.db'}", tracking_uri=uri)
     assert [t["state"] for t in result["trials"]] == ["COMPLETE", "COMPLETE"]

@@ -33,8 +33,7 @@ from flows.sweep import (
     make_sampler,
     study_counts,
 )
-from tests.support import REPO
-from tests.support import TRAIN_REDUCED
+from tests.support import REPO, TRAIN_REDUCED, mlflow_store
 
 TINY = str(REPO / "experiments/tiny.yaml")
 # A trial here is a one-iteration run on the reduced world, smaller still: the sweep machinery is
@@ -155,7 +154,7 @@ def test_sweep_prunes_a_worse_trial_and_a_rerun_adds_exactly_the_missing_trial(b
     from flows.cli import app
     from flows.sweep import sweep_flow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     path = write_sweep(
         tmp_path / "prune.yaml",
@@ -212,7 +211,7 @@ def test_ctrl_c_mid_trial_requeues_it_and_the_rerun_resumes_its_run(base_uri, tm
 
     from flows.sweep import sweep_flow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     path = write_sweep(tmp_path / "interrupt.yaml", n_trials=1)
     name = yaml.safe_load(path.read_text())["study_name"]
@@ -324,7 +323,7 @@ def _cli_worker(args: list[str], log: Path, env: dict) -> subprocess.Popen:
 def test_postgres_two_workers_run_every_trial_once_and_a_killed_worker_loses_nothing(base_uri, tmp_path, postgres_url):
     from flows.sweep import prefect_api_for_children, sweep_flow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     path = write_sweep(tmp_path / "pg.yaml", heartbeat={"interval_s": 1, "grace_s": 10, "max_retry": 2}, poll_s=1.0)
     name = yaml.safe_load(path.read_text())["study_name"]
     overrides = TRIAL

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from attnrl_core.config import load_config
-from tests.support import assert_same_weights, final_weights, run_metrics, train
+from tests.support import assert_same_weights, final_weights, mlflow_store, run_metrics, train
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
     ids=["attnrl", "treerl", "grpo", "random", "earliest", "on-policy-ablations", "paper-variants"],
 )
 def test_two_iterations_per_method(base_uri, tmp_path, extra):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     result = train(uri, "train.iterations=2", *extra)
     client = mlflow.MlflowClient(uri)
     run = client.get_run(result["run_id"])
@@ -53,7 +53,7 @@ def test_two_iterations_per_method(base_uri, tmp_path, extra):
 
 
 def test_fault_injection_retry_matches_unfaulted_run(base_uri, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     clean = train(uri)
     faulted = train(uri, "train.fault=rollout@1,score@2,branch@2,update@2,update@3,checkpoint@3")
     assert_same_weights(final_weights(clean), final_weights(faulted))
@@ -64,7 +64,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(base_uri, tm
     from attnrl_core.errors import AttnRLError
     from tasks.checkpoint import complete_checkpoints
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     with pytest.raises(AttnRLError, match="non-finite|became"):
         train(uri, "optim.lr=1.0e+30", "train.iterations=6")
     run = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("train-test").experiment_id])[0]
@@ -82,7 +82,7 @@ def test_deepspeed_backend_retry_and_resume_match_its_uninterrupted_run(base_uri
     state read back) both end with the uninterrupted run's weights and metrics."""
     from flows.train import train_flow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     ds = ["train.backend=deepspeed", "train.zero_stage=2", "train.retries=1"]
     clean = train(uri, *ds)
     assert mlflow.MlflowClient(uri).get_run(clean["run_id"]).data.params["train.backend"] == "deepspeed"
@@ -102,7 +102,7 @@ def test_deepspeed_backend_retry_and_resume_match_its_uninterrupted_run(base_uri
 def test_torn_checkpoint_is_skipped(base_uri, tmp_path):
     from tasks.checkpoint import complete_checkpoints, is_complete
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     result = train(uri, "train.iterations=2", "train.keep_last=3")
     run_dir = Path(result["checkpoint_dir"])
     newest = complete_checkpoints(run_dir)[-1]
@@ -115,7 +115,7 @@ def test_torn_checkpoint_is_skipped(base_uri, tmp_path):
 def test_one_step_pipeline_primes_then_keeps_exactly_one_pending_batch(base_uri, tmp_path):
     from tasks.checkpoint import complete_checkpoints
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     result = train(uri, "train.iterations=3", "train.keep_last=5")
     metrics = run_metrics(uri, result["run_id"])
     states = [json.loads((p / "state.json").read_text()) for p in complete_checkpoints(Path(result["checkpoint_dir"]))]

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 
 from attnrl_core.config import load_config
-from tests.support import REDUCED
+from tests.support import REDUCED, mlflow_store
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def reduced_cfg():
 def test_warmstart_trains_caches_and_logs(reduced_cfg, tmp_path):
     from flows.warmstart import base_path, warmstart_flow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     path = base_path(reduced_cfg)
     shutil.rmtree(path, ignore_errors=True)  # from an empty cache: the evaluation test may have filled it
     first = warmstart_flow(cfg_json=reduced_cfg.model_dump(mode="json"), tracking_uri=uri, quiet=True)
@@ -65,7 +65,7 @@ def test_evaluate_flow_logs_table(reduced_cfg, tmp_path):
     from flows.evaluate import evaluate_flow
     from flows.warmstart import warmstart_flow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     base = warmstart_flow(cfg_json=reduced_cfg.model_dump(mode="json"), tracking_uri=uri, quiet=True)
     overrides = REDUCED + ["name=warmstart-test", "eval.samples=3", "eval.temperature=1.0"]
     result = evaluate_flow(base["model_path"], ["heldout", "tests/data/aime_sample.jsonl"], "experiments/tiny.yaml", overrides, tracking_uri=uri)
