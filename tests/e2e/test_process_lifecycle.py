@@ -61,7 +61,7 @@ def _commands(pids: list[int]) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("ranks", [1, pytest.param(2, marks=pytest.mark.ray)])
+@pytest.mark.parametrize("ranks", [1, 2])
 def test_sigkill_of_a_cli_run_leaves_no_process_behind(base_uri, tmp_path, ranks):
     """With 2 ranks the run has also started a local Ray (GCS, raylet, workers) and 2 rank actors."""
     uri = mlflow_store(tmp_path)

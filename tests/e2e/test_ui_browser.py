@@ -29,25 +29,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _dom(url: str, tmp_path: Path, budget_ms: int = 20000) -> tuple[str, str]:
-    """The page's DOM after its scripts ran (virtual time), and Chromium's console log."""
+def _visit(url: str, tmp_path: Path, png: Path | None = None, budget_ms: int = 20000) -> tuple[str, str]:
+    """The page's DOM after its scripts ran (virtual time) and Chromium's console log; with `png`,
+    a screenshot of it too, from the same visit."""
     log = tmp_path / f"chromium-{time.monotonic_ns()}.log"
     done = subprocess.run(
         [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1500,1000", f"--virtual-time-budget={budget_ms}",
-         "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", url],
+         "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom",
+         *([f"--screenshot={png}"] if png else []), url],
         capture_output=True, text=True, timeout=180,
     )
     log.write_text(done.stderr)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout, done.stderr
-
-
-def _screenshot(url: str, path: Path, tmp_path: Path) -> None:
-    subprocess.run(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1500,1000", "--virtual-time-budget=20000",
-         f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--screenshot={path}", url],
-        capture_output=True, timeout=180, check=True,
-    )
 
 
 @pytest.fixture
@@ -81,28 +75,27 @@ def test_runs_page_run_page_and_tree_page_in_a_real_browser(two_runs, tmp_path):
         # the experiment opens on its training runs (not MLflow's GenAI traces overview), at the
         # address `attnrl ui` prints
         ml = "workflowType=machine_learning"
-        runs_page, _ = _dom(f"{base}/#/experiments/{experiment_id}?{ml}", tmp_path)
+        runs_page, _ = _visit(f"{base}/#/experiments/{experiment_id}?{ml}", tmp_path, tmp_path / "runs.png")
         assert "ui-seed0" in runs_page and "ui-seed1" in runs_page
         assert "Detect Issues" not in runs_page
-        _screenshot(f"{base}/#/experiments/{experiment_id}?{ml}", tmp_path / "runs.png", tmp_path)
 
         # a run's page: its name, its description, its metrics; and its metric charts
         run_id = runs[0]["run_id"]
-        run_page, _ = _dom(f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{ml}", tmp_path)
+        run_page, _ = _visit(f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{ml}", tmp_path)
         assert "ui-seed0" in run_page and "branch criterion fci" in run_page
         assert "eval/heldout/avg_at_1" in run_page and "actor/pg_loss" in run_page
-        _screenshot(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics?{ml}", tmp_path / "run.png", tmp_path)
+        charts, _ = _visit(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics?{ml}", tmp_path, tmp_path / "run.png")
+        assert "actor/approx_kl" in charts and "eval/heldout/level_1" in charts  # charts by metric, in sections by prefix
 
         # our tree page: the run's artifact, opened in the browser (the UI's artifact endpoint
         # sends it as a download)
         tree_file = Path(client.download_artifacts(run_id, "trees/iter_00002.html", str(tmp_path)))
         tree_url = tree_file.as_uri()
-        tree_page, console = _dom(tree_url, tmp_path, budget_ms=3000)
+        tree_page, console = _visit(tree_url, tmp_path, tmp_path / "tree.png", budget_ms=3000)
         assert "<h1>" in tree_page and "FCI" in tree_page
         assert 'class="step bp"' in tree_page, "branch points are marked"
         assert "rgba(31,119,180," in tree_page, "steps are shaded by FCI"
         assert "Uncaught" not in console and "SyntaxError" not in console
-        _screenshot(tree_url, tmp_path / "tree.png", tmp_path)
         for png in ("runs.png", "run.png", "tree.png"):
             assert (tmp_path / png).stat().st_size > 10_000
         if os.environ.get("ATTNRL_KEEP_SCREENSHOTS"):
