@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -130,35 +132,42 @@ def cli_env(uri: str, prefect_api: str | None = None) -> dict:
     return env
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 120.0) -> None:
+    """Until GET `url` answers 200; fails (ending `proc`) if `proc` dies or time runs out first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(f"{what} did not come up on 127.0.0.1")
+        time.sleep(0.25)
+
+
 def start_prefect_server(home: Path, *flags: str) -> tuple[subprocess.Popen, str]:
     """`prefect server start` on a free port of 127.0.0.1 with its own home; returns the process
     and its API URL once /health answers."""
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = dict(os.environ, PREFECT_HOME=str(home))
     env.pop("PREFECT_API_URL", None)
     prefect = str(Path(sys.executable).with_name("prefect"))
+    port = free_port()
     server = subprocess.Popen(
         [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port), *flags],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return server, url
-        except OSError:
-            pass
-        if time.monotonic() > deadline or server.poll() is not None:
-            server.kill()
-            raise RuntimeError("the Prefect server did not come up on 127.0.0.1")
-        time.sleep(0.25)
+    wait_for_health(url + "/health", server, "the Prefect server")
+    return server, url
 
 
 def sets(*extra: str) -> list[str]:

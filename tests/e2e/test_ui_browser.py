@@ -6,27 +6,19 @@ page (steps shaded by FCI, branch points marked) rendered without errors. Then S
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from flows.reaper import carriers
-from tests.support import REPO, mlflow_store, owner_token, train
+from tests.support import REPO, free_port, mlflow_store, owner_token, train, wait_for_health
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _visit(url: str, tmp_path: Path, png: Path | None = None, budget_ms: int = 20000) -> tuple[str, str]:
@@ -53,22 +45,13 @@ def two_runs(base_uri, tmp_path):
 
 def test_runs_page_run_page_and_tree_page_in_a_real_browser(two_runs, tmp_path):
     uri, runs = two_runs
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
     ui = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", str(port)], cwd=REPO, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline and ui.poll() is None, "attnrl ui did not come up"
-            time.sleep(0.5)
+        wait_for_health(base + "/health", ui, "attnrl ui")
         client = mlflow.MlflowClient(uri)
         experiment_id = client.get_run(runs[0]["run_id"]).info.experiment_id
 

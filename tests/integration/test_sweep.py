@@ -33,7 +33,7 @@ from flows.sweep import (
     make_sampler,
     study_counts,
 )
-from tests.support import REPO, TRAIN_REDUCED, mlflow_store
+from tests.support import REPO, TRAIN_REDUCED, free_port, mlflow_store
 
 TINY = str(REPO / "experiments/tiny.yaml")
 # A trial here is a one-iteration run on the reduced world, smaller still: the sweep machinery is
@@ -271,12 +271,6 @@ def _postgres_bin() -> Path | None:
     return Path(os.path.realpath(initdb)).parent if initdb else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres_url():
     """A throw-away PostgreSQL cluster on 127.0.0.1 (postgres refuses to run as root: as root the
@@ -293,7 +287,7 @@ def postgres_url():
             shutil.rmtree(home)
             pytest.skip("running as root and there is no `postgres` user to run the server as")
         as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     data = home / "data"
     try:
         subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "attnrl", "--auth=trust", "-E", "UTF8", "--no-sync"],
