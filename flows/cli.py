@@ -122,7 +122,10 @@ def warmstart(
     export: Annotated[Optional[Path], typer.Option(help="Also copy the base policy (model + tokenizer) to this folder.")] = None,
 ):
     """Train (or reuse from cache) the tiny base policy on synthetic demonstrations; log it to MLflow."""
+    from flows import tracking
+
     _config(config, set)  # validate before any work: a bad field exits 2 here
+    tracking.preflight(tracking.resolve_uri(tracking_uri))  # so does an unusable tracking store, before Prefect starts
     _quiet_libraries()
     from flows.warmstart import warmstart_flow
 
@@ -186,6 +189,7 @@ def train(
 ):
     """Warm start (cached), train with the configured method, evaluate; one MLflow run."""
     from attnrl_core.config import check_inputs
+    from flows import tracking
 
     cfg = _config(config, set)
     check_inputs(cfg)  # validate before any work: a bad field or a missing file exits 2 here
@@ -194,6 +198,7 @@ def train(
     from tasks.ranks import ray_cluster
 
     with ray_cluster(cfg):  # train.ranks > 1: an unreachable cluster or too few CPUs/GPUs exit 2 here, before Prefect starts
+        tracking.preflight(tracking.resolve_uri(tracking_uri))  # so does an unusable tracking store
         _train_report(train_flow(str(config), set or [], run_name=run_name, tracking_uri=tracking_uri, quiet=quiet))
 
 
@@ -280,6 +285,7 @@ def eval_(
     """avg@K and pass@K of a policy per benchmark set, on the config's rollout engine; prints the
     table (and the objective, eval.objective) and logs it to MLflow."""
     from attnrl_core.config import check_inputs
+    from flows import tracking
 
     overrides = list(set or [])
     if samples is not None:
@@ -297,6 +303,7 @@ def eval_(
     if model is None and not cfg.model.path and not (model_path / "config.json").is_file():
         raise AttnRLError(f"No --model given and no cached base policy at {model_path}: run `attnrl warmstart` first or pass --model.")
     check_inputs(cfg, model_path=str(model_path), train_data=False)  # a missing file or model folder fails now, naming it
+    tracking.preflight(tracking.resolve_uri(tracking_uri))  # so does an unusable tracking store, before Prefect starts
     result = evaluate_flow(str(model_path), benchmark or None, str(config), overrides, tracking_uri=tracking_uri, quiet=quiet)
     table = Table(title=f"evaluation of {model_path}")
     for col in ("benchmark", "level", "problems", "K", "avg@K", "pass@K"):

@@ -64,19 +64,22 @@ def test_kill_9_then_resume_equals_uninterrupted_run(base_uri, tmp_path, prefect
     assert run_metrics(uri, reference.info.run_id) == run_metrics(uri, killed[0].info.run_id)
 
 
-def test_cli_train_end_to_end_and_bad_input(base_uri, tmp_path, prefect_api):
+def test_cli_train_end_to_end_and_bad_input(base_uri, tmp_path, prefect_api, monkeypatch):
+    """A run as a fresh CLI process; then bad input in process through the same Typer app (a
+    missing run as a fresh process is test_cli_fast's)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
     uri = mlflow_store(tmp_path)
     env = cli_env(uri, prefect_api)
     done = cli("train", "--quiet", *sets("train.iterations=2"), env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "before" in done.stdout and "after" in done.stdout and "MLflow run" in done.stdout
 
-    bad = cli("train", "--quiet", "--set", "branch.rho=1.5", env=env, timeout=120)
-    assert bad.returncode == 2
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    bad = CliRunner().invoke(app, ["train", "--quiet", "--set", "branch.rho=1.5"])
+    assert bad.exit_code == 2
     assert "branch.rho" in bad.stderr and "<= 1.0" in bad.stderr
-
-    unreachable = cli("train", "--quiet", *sets(), "--tracking-uri", "http://127.0.0.1:9", env=env, timeout=120)
-    assert unreachable.returncode == 2 and "unreachable" in unreachable.stderr
-
-    missing = cli("resume", "no-such-run", "--quiet", env=env, timeout=120)
-    assert missing.returncode == 2 and "no-such-run" in missing.stderr
+    unreachable = CliRunner().invoke(app, ["train", "--quiet", *sets(), "--tracking-uri", "http://127.0.0.1:9"])
+    assert unreachable.exit_code == 2 and "unreachable" in unreachable.stderr
