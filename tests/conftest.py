@@ -26,11 +26,42 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["OMP_NUM_THREADS"] = "1"
 
 from flows.reaper import carriers, guard  # noqa: E402  (after the environment above is set)
-from tests.support import FIXTURE, start_prefect_server  # noqa: E402
+from tests.support import FIXTURE, start_prefect_server, wait_for_health  # noqa: E402
 
 # Everything the tests start carries this session's owner token: the reaper ends it when pytest
 # ends (however it ends), and the check below proves nothing was orphaned before that.
 _TOKEN = guard()
+
+# Under xdist (make test's parallel run) the flows of this worker, in process and in the CLI
+# processes of its tests, share one Prefect API server (no background services), started now
+# so that it comes up while the tests are collected: not a temporary server per process (~5 s
+# each, ~11 s on a fresh Prefect home). PREFECT_API_URL must be set before prefect is imported.
+# Alone (`make test-fast`, the Ray run) a process starts its temporary server on first use.
+_PREFECT_SERVER: tuple | None = None
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _PREFECT_SERVER = start_prefect_server(_SESSION_HOME / "prefect-api", "--no-services", "--no-ui", wait=False)
+    os.environ["PREFECT_API_URL"] = _PREFECT_SERVER[1]
+
+
+def _end(server) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except Exception:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _worker_prefect_server():
+    """The worker's Prefect server (above): up before the first test, ended after the last."""
+    if _PREFECT_SERVER is None:
+        yield
+        return
+    server, url = _PREFECT_SERVER
+    wait_for_health(url + "/health", server, "the pytest worker's Prefect server")
+    yield
+    _end(server)
 
 @pytest.fixture(scope="session")
 def session_home() -> Path:
@@ -76,14 +107,13 @@ def base_uri(session_home):
 
 @pytest.fixture(scope="session")
 def prefect_api(session_home):
-    """One Prefect API server (no background services) for this pytest worker's CLI runs: each
-    run that would start a temporary server of its own (~12 s on a fresh Prefect home, most of
-    a reduced run) talks to this one instead. The lifecycle tests keep their own servers."""
+    """A Prefect API server for a test's CLI runs: each run that would start a temporary server
+    of its own (~5 s; ~11 s on a fresh Prefect home, most of a reduced run) talks to this one
+    instead — the worker's (above), or one of this session's. The SIGKILL lifecycle tests keep
+    the temporary-server path (cli_env without it)."""
+    if _PREFECT_SERVER is not None:
+        yield _PREFECT_SERVER[1]
+        return
     server, url = start_prefect_server(session_home / "prefect-api", "--no-services", "--no-ui")
     yield url
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except Exception:
-        server.kill()
-        server.wait()
+    _end(server)

@@ -127,6 +127,7 @@ def cli_env(uri: str, prefect_api: str | None = None) -> dict:
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = uri
     env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="attnrl-cli-prefect-")
+    env.pop("PREFECT_API_URL", None)  # (the worker's own, under xdist)
     if prefect_api is not None:
         env["PREFECT_API_URL"] = prefect_api
     return env
@@ -154,9 +155,9 @@ def wait_for_health(url: str, proc: subprocess.Popen, what: str, timeout_s: floa
         time.sleep(0.25)
 
 
-def start_prefect_server(home: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+def start_prefect_server(home: Path, *flags: str, wait: bool = True) -> tuple[subprocess.Popen, str]:
     """`prefect server start` on a free port of 127.0.0.1 with its own home; returns the process
-    and its API URL once /health answers."""
+    and its API URL once /health answers (at once with wait=False: wait_for_health later)."""
     env = dict(os.environ, PREFECT_HOME=str(home))
     env.pop("PREFECT_API_URL", None)
     prefect = str(Path(sys.executable).with_name("prefect"))
@@ -166,7 +167,8 @@ def start_prefect_server(home: Path, *flags: str) -> tuple[subprocess.Popen, str
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/api"
-    wait_for_health(url + "/health", server, "the Prefect server")
+    if wait:
+        wait_for_health(url + "/health", server, "the Prefect server")
     return server, url
 
 
