@@ -68,10 +68,9 @@ def session_home() -> Path:
     return _SESSION_HOME
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _remove_session_home():
-    """Leave no store behind in /tmp once the session is over."""
-    yield
+def pytest_unconfigure(config):
+    """Leave no store behind in /tmp once the session is over: in every process that imported
+    this file (each xdist worker, and the controller, whose home only Prefect's folder fills)."""
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 

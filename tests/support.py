@@ -126,7 +126,7 @@ def cli_env(uri: str, prefect_api: str | None = None) -> dict:
     SIGKILL must not take down, or share, the temporary server of this test process)."""
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = uri
-    env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="attnrl-cli-prefect-")
+    env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cli-prefect-", dir=Path(os.environ["ATTNRL_HOME"]).parent)  # the session's home
     env.pop("PREFECT_API_URL", None)  # (the worker's own, under xdist)
     if prefect_api is not None:
         env["PREFECT_API_URL"] = prefect_api
