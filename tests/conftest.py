@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["OMP_NUM_THREADS"] = "1"
 
 from flows.reaper import carriers, guard  # noqa: E402  (after the environment above is set)
-from tests.support import FIXTURE, start_prefect_server, wait_for_health  # noqa: E402
+from tests.support import FIXTURE, parent_pid, start_prefect_server, wait_for_health  # noqa: E402
 
 # Everything the tests start carries this session's owner token: the reaper ends it when pytest
 # ends (however it ends), and the check below proves nothing was orphaned before that.
@@ -37,9 +37,13 @@ _TOKEN = guard()
 # so that it comes up while the tests are collected: not a temporary server per process (~5 s
 # each, ~11 s on a fresh Prefect home). PREFECT_API_URL must be set before prefect is imported.
 # Alone (`make test-fast`, the Ray run) a process starts its temporary server on first use.
+def _start_session_server(wait: bool):
+    return start_prefect_server(_SESSION_HOME / "prefect-api", "--no-services", "--no-ui", wait=wait)
+
+
 _PREFECT_SERVER: tuple | None = None
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    _PREFECT_SERVER = start_prefect_server(_SESSION_HOME / "prefect-api", "--no-services", "--no-ui", wait=False)
+    _PREFECT_SERVER = _start_session_server(wait=False)
     os.environ["PREFECT_API_URL"] = _PREFECT_SERVER[1]
 
 
@@ -63,6 +67,7 @@ def _worker_prefect_server():
     yield
     _end(server)
 
+
 @pytest.fixture(scope="session")
 def session_home() -> Path:
     return _SESSION_HOME
@@ -74,13 +79,6 @@ def pytest_unconfigure(config):
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return -1
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _no_process_outlives_its_owner():
     """After the whole suite: no process a test started runs on with its parent gone (a killed
@@ -89,7 +87,7 @@ def _no_process_outlives_its_owner():
     deadline = time.monotonic() + 30
     while True:
         mine = set(carriers(_TOKEN)) | {os.getpid()}
-        orphans = [pid for pid in mine if pid != os.getpid() and _parent(pid) not in mine and _parent(pid) != -1]
+        orphans = [pid for pid in mine if pid != os.getpid() and parent_pid(pid) not in mine and parent_pid(pid) != -1]
         if not orphans or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -105,7 +103,7 @@ def base_uri(session_home):
 
 
 @pytest.fixture(scope="session")
-def prefect_api(session_home):
+def prefect_api():
     """A Prefect API server for a test's CLI runs: each run that would start a temporary server
     of its own (~5 s; ~11 s on a fresh Prefect home, most of a reduced run) talks to this one
     instead — the worker's (above), or one of this session's. The SIGKILL lifecycle tests keep
@@ -113,6 +111,6 @@ def prefect_api(session_home):
     if _PREFECT_SERVER is not None:
         yield _PREFECT_SERVER[1]
         return
-    server, url = start_prefect_server(session_home / "prefect-api", "--no-services", "--no-ui")
+    server, url = _start_session_server(wait=True)
     yield url
     _end(server)

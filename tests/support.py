@@ -78,10 +78,16 @@ def train(uri: str, *extra: str, **kwargs) -> dict:
     return train_flow(CONFIG, TRAIN_REDUCED + list(extra), tracking_uri=uri, quiet=True, **kwargs)
 
 
+def _session_home() -> Path:
+    """This test process's temporary folder (conftest.py sets ATTNRL_HOME inside it; it is
+    removed when the session ends)."""
+    return Path(os.environ["ATTNRL_HOME"]).parent
+
+
 def mlflow_store(folder: Path) -> str:
     """The tracking URI of a new, empty MLflow SQLite store in `folder`: a copy of one made once
     per test process (creating MLflow's tables takes ~1 s a store, a few per test)."""
-    template = Path(os.environ["ATTNRL_HOME"]).parent / "mlflow-empty.db"
+    template = _session_home() / "mlflow-empty.db"
     if not template.is_file():
         mlflow.MlflowClient(f"sqlite:///{template}.new").search_experiments()
         os.replace(f"{template}.new", template)
@@ -126,7 +132,7 @@ def cli_env(uri: str, prefect_api: str | None = None) -> dict:
     SIGKILL must not take down, or share, the temporary server of this test process)."""
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = uri
-    env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cli-prefect-", dir=Path(os.environ["ATTNRL_HOME"]).parent)  # the session's home
+    env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cli-prefect-", dir=_session_home())
     env.pop("PREFECT_API_URL", None)  # (the worker's own, under xdist)
     if prefect_api is not None:
         env["PREFECT_API_URL"] = prefect_api
@@ -179,6 +185,14 @@ def sets(*extra: str) -> list[str]:
     return out
 
 
+def parent_pid(pid: int | str) -> int:
+    """The parent of process `pid` (-1 once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
 def owner_token(pid: int, timeout_s: float = 120.0) -> str:
     """The owner token of the CLI process `pid`: the argument of the reaper it started (the
     owner's own /proc environ is the one it was started with, before it added the token)."""
@@ -187,12 +201,13 @@ def owner_token(pid: int, timeout_s: float = 120.0) -> str:
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
-            try:
-                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except (OSError, ValueError, IndexError):
+            if parent_pid(proc.name) != pid:
                 continue
-            if parent == pid and any(a.endswith(b"flows/reaper.py") for a in argv):
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.endswith(b"flows/reaper.py") for a in argv):
                 return argv[argv.index(next(a for a in argv if a.endswith(b"flows/reaper.py"))) + 1].decode()
         time.sleep(0.2)
     raise AssertionError(f"process {pid} started no reaper")

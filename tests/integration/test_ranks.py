@@ -18,7 +18,7 @@ from tasks.branch import branch
 from tasks.rollout import rollout
 from tasks.score import score
 from tasks.session import TrainSession
-from tests.support import CONFIG, FIXTURE, TRAIN_REDUCED, assert_same_weights, final_weights, mlflow_store, run_metrics, train
+from tests.support import CONFIG, FIXTURE, TRAIN_REDUCED, assert_same_weights, final_weights, mlflow_store, parent_pid, run_metrics, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -34,25 +34,18 @@ def ray_local():
     ray.shutdown()
 
 
-def _parent(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-    except (OSError, IndexError):
-        return "0"
-
-
 def rank_processes() -> list[str]:
     """This test process's live rank actors, as "pid cmdline": Ray titles a worker process
     after the actor it runs (ray::RankActor...). Only descendants of this process (its Ray's
     raylet starts the workers) count: a CLI test on the other pytest worker may be running a
     2-rank run of its own right now."""
-    me, found = str(os.getpid()), []
+    me, found = os.getpid(), []
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit() and (cmdline := (proc / "cmdline").read_bytes()).startswith(b"ray::RankActor"):
-                pid = proc.name
-                while pid not in (me, "0", "1"):
-                    pid = _parent(pid)
+                pid = int(proc.name)
+                while pid not in (me, -1, 0, 1):
+                    pid = parent_pid(pid)
                 if pid == me:
                     found.append(f"{proc.name} {cmdline.rstrip(bytes(1)).decode(errors='replace')}")
         except OSError:
