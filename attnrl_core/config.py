@@ -299,8 +299,10 @@ class TrainConfig(_Section):
         "attnrl_core.trainer:TRAINERS", "torch", "Trainer backend: torch (AdamW in process, CPU or one GPU) or deepspeed (a DeepSpeed engine: ZeRO, bf16)."
     )
     zero_stage: int = Field(
-        2, ge=0, le=2, description="backend deepspeed: ZeRO stage (0 none, 1 optimizer state, 2 + gradients partitioned); "
-        "3 is not offered, since rollouts and FCI scoring read the full weights in place."
+        2, ge=0, le=3, description="backend deepspeed: ZeRO stage (0 none, 1 optimizer state, 2 + gradients, 3 + parameters "
+        "partitioned over the ranks). With 3 every forward gathers each layer's weights from the peers, FCI scoring runs "
+        "on the partitioned model, and rollouts sample from a separate engine (vLLM's server, or the hf engine's own "
+        "copy) that gets the gathered weights after each update.",
     )
     bf16: bool = Field(False, description="backend deepspeed: train (and so roll out and score) in bfloat16 with fp32 master weights.")
     gradient_checkpointing: bool = Field(
@@ -320,6 +322,11 @@ class TrainConfig(_Section):
         "on GPUs) that roll out, score and update their shares of each batch. Where a run runs, not what it computes: "
         "not part of the config hash, and `attnrl resume RUN --set train.ranks=K` continues a run on another world size.",
     )
+
+    @property
+    def partitions_parameters(self) -> bool:
+        """ZeRO-3: no rank holds the whole policy, so the rollout engine needs weights of its own."""
+        return self.backend == "deepspeed" and self.zero_stage == 3
 
     @model_validator(mode="after")
     def _deepspeed_ranks(self) -> "TrainConfig":

@@ -32,11 +32,17 @@ def score_groups(
     pad_token_id: int,
     cfg: FCIConfig,
     micro_batch: int,
+    passes: int | None = None,
 ) -> None:
     """Fill the scoring fields of every response of `groups` in place (re-running is idempotent);
-    `cfg` is the fci config section (Delta, aggregate, chunk size, zeroing rules)."""
+    `cfg` is the fci config section (Delta, aggregate, chunk size, zeroing rules). `passes`:
+    run at least that many forward passes, the extra ones on one pad token (a ZeRO-3 rank runs
+    as many as its peers, since every forward gathers the weights with them)."""
     device = next(model.parameters()).device
     rows = [(group, resp) for group in groups for resp in group.responses]
+    with torch.no_grad():
+        for _ in range((passes or 0) - score_passes(groups, micro_batch)):
+            model(input_ids=torch.full((1, 1), pad_token_id, device=device))
     # longest first: rows of a micro-batch have similar lengths, so little compute goes to padding
     order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0].prompt_ids) + len(rows[i][1].token_ids)))
     for start in range(0, len(order), micro_batch):
@@ -66,3 +72,8 @@ def score_groups(
                 zero_first_step=cfg.zero_first_step,
                 zero_answer_summary=cfg.zero_answer_summary,
             ).tolist()
+
+
+def score_passes(groups: Sequence[PromptGroup], micro_batch: int) -> int:
+    """How many forward passes `score_groups` runs on `groups`: one per micro-batch of responses."""
+    return -(-sum(len(group.responses) for group in groups) // micro_batch)

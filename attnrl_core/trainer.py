@@ -92,6 +92,15 @@ def _all_reduce(tensor: torch.Tensor, op: str = "sum") -> None:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
 
 
+def all_reduce_max(value: int) -> int:
+    """The largest `value` over the data-parallel group; one rank: itself."""
+    if data_parallel_rank()[1] == 1:
+        return value
+    buffer = torch.tensor([value], dtype=torch.float64)  # (1,)
+    _all_reduce(buffer, "max")
+    return int(buffer.item())
+
+
 def all_reduce_sum(values: list[float]) -> list[float]:
     """`values` summed element-wise over the data-parallel group (fp64); one rank: themselves."""
     if data_parallel_rank()[1] == 1:
@@ -166,6 +175,7 @@ class TorchTrainer:
         self.optimizer = self._make_optimizer(optim.lr, optim.weight_decay)
 
     reduces_every_pass = False  # gradients are reduced once per mini-batch (_reduce_gradients)
+    partitions_parameters = False  # every rank holds the whole model (ZeRO-3 does not: DeepSpeedTrainer)
 
     def _make_optimizer(self, lr: float, weight_decay: float):
         return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -191,27 +201,39 @@ class TorchTrainer:
         groups = length_micro_batches([len(samples[i].prompt_ids) + len(samples[i].response_ids) for i in idx], self.micro_batch_tokens)
         return [[idx[k] for k in group] for group in groups]
 
+    def _equal_passes(self, passes: list[list[int]], filler: list[int]) -> tuple[list[list[int]], int]:
+        """`passes` made as many as every peer's where each pass communicates (ZeRO-2's backward
+        reduce-scatters, ZeRO-3's forward gathers parameters): a rank with fewer appends passes
+        of `filler` (one row), to run at weight 0. Returns (passes, how many real ones)."""
+        real = len(passes)
+        return passes + [filler] * (all_reduce_max(real) - real), real
+
     def _old_and_ref(self, samples: Sequence[PolicySample], rows: list[int]) -> tuple[list, list]:
         """Behaviour log-probs (stored prefix + current policy for the rest) and reference
         log-probs of the samples at `rows` (a rank's: only those it trains on); None elsewhere."""
         olds: list = [None] * len(samples)
         refs: list = [None] * len(samples)
+        passes = [p for start in range(0, len(rows), self.minibatch_sequences) for p in self._passes(samples, rows[start : start + self.minibatch_sequences])]
+        real = len(passes)
+        if self.partitions_parameters:  # every forward gathers parameters with the peers
+            passes, real = self._equal_passes(passes, rows[:1])
         with torch.no_grad():
-            for start in range(0, len(rows), self.minibatch_sequences):
-                for chunk_rows in self._passes(samples, rows[start : start + self.minibatch_sequences]):
-                    chunk = [samples[i] for i in chunk_rows]
-                    current, _, _ = response_logprobs(self.model, chunk, self.pad_token_id)  # (b, R)
-                    ref = None
-                    if self.loss_args["kl_coef"] > 0:
-                        ref, _, _ = response_logprobs(self.ref_model, chunk, self.pad_token_id)  # (b, R)
-                    for b, (i, s) in enumerate(zip(chunk_rows, chunk)):
-                        n = len(s.response_ids)
-                        old = current[b, :n].clone()
-                        k = len(s.stored_logprobs)
-                        if k:
-                            old[:k] = torch.tensor(s.stored_logprobs, dtype=old.dtype, device=old.device)
-                        olds[i] = old
-                        refs[i] = None if ref is None else ref[b, :n].clone()
+            for p, chunk_rows in enumerate(passes):
+                chunk = [samples[i] for i in chunk_rows]
+                current, _, _ = response_logprobs(self.model, chunk, self.pad_token_id)  # (b, R)
+                if p >= real:  # a filler pass: only there to gather parameters with the peers
+                    continue
+                ref = None
+                if self.loss_args["kl_coef"] > 0:
+                    ref, _, _ = response_logprobs(self.ref_model, chunk, self.pad_token_id)  # (b, R)
+                for b, (i, s) in enumerate(zip(chunk_rows, chunk)):
+                    n = len(s.response_ids)
+                    old = current[b, :n].clone()
+                    k = len(s.stored_logprobs)
+                    if k:
+                        old[:k] = torch.tensor(s.stored_logprobs, dtype=old.dtype, device=old.device)
+                    olds[i] = old
+                    refs[i] = None if ref is None else ref[b, :n].clone()
         return olds, refs
 
     def _shares(self, samples: Sequence[PolicySample], minibatches: list[list[int]]) -> list[tuple[list[int], float]]:
@@ -233,14 +255,10 @@ class TorchTrainer:
         gradient). Returns the response tokens it trained on."""
         n_tokens = sum(len(samples[i].response_ids) for i in idx)
         passes = self._passes(samples, rows)
-        weights = [weight] * len(passes)
-        if self.reduces_every_pass and data_parallel_rank()[1] > 1:
-            # every rank must run as many backward passes (each one communicates): a rank with
-            # fewer runs extra passes of one row at weight 0
-            count = torch.tensor([len(passes)], dtype=torch.float64)
-            _all_reduce(count, "max")
-            extra = int(count.item()) - len(passes)
-            passes, weights = passes + [rows[:1]] * extra, weights + [0.0] * extra
+        real = len(passes)
+        if self.reduces_every_pass:
+            passes, real = self._equal_passes(passes, rows[:1])
+        weights = [weight] * real + [0.0] * (len(passes) - real)
         tokens = 0
         for p, (pass_rows, weight) in enumerate(zip(passes, weights)):
             logp, mask, entropy = response_logprobs(self.model, [samples[i] for i in pass_rows], self.pad_token_id, with_entropy=True)  # (b, R)
@@ -293,7 +311,7 @@ class TorchTrainer:
         self.model.eval()
         # a finite loss can still take a step that overflows the weights (a huge lr): stop here,
         # before this update is committed or checkpointed
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+        if not self._weights_finite():
             raise NonFiniteLoss(
                 "The policy weights became non-finite (NaN/Inf) in this update; the run stops here and keeps its "
                 "last good checkpoint. Lower optim.lr or optim.grad_clip."
@@ -320,13 +338,26 @@ class TorchTrainer:
         self._zero_grad()
         self._accumulate(samples, idx, rows, weight, olds, refs, {})
         self._reduce_gradients()
-        out = {name: p.grad.detach().clone() for name, p in self._module().named_parameters() if p.grad is not None}
+        out = self._gradients()
         self._zero_grad()
         self.model.eval()
         return out
 
+    def _gradients(self) -> dict[str, torch.Tensor]:
+        return {name: p.grad.detach().clone() for name, p in self._module().named_parameters() if p.grad is not None}
+
     def _module(self) -> torch.nn.Module:
         return self.model
+
+    def _weights_finite(self) -> bool:
+        return all(torch.isfinite(p).all() for p in self.model.parameters())
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The policy's whole state_dict (what a checkpoint and a rollout engine take)."""
+        return self._module().state_dict()
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self._module().load_state_dict(weights)
 
     def _reduce_gradients(self) -> None:
         """Sum the gradients over the data-parallel group (one flat all-reduce); one rank: nothing."""
@@ -364,6 +395,18 @@ def _single_process_group() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 
+def zero3_slice(full: torch.Tensor, size: int, rank: int) -> torch.Tensor:
+    """Rank `rank`'s slice of a parameter's whole value under ZeRO-3: the flattened tensor,
+    zero-padded to equal slices of `size` values, slice r on rank r (fp32).
+
+    >>> zero3_slice(torch.tensor([[1.0, 2.0, 3.0]]), size=2, rank=1)  # 3 values over 2 ranks
+    tensor([3., 0.])
+    """
+    flat = torch.zeros(max(full.numel(), size * (rank + 1)), dtype=torch.float32)  # (>= (rank + 1) x size,)
+    flat[: full.numel()] = full.reshape(-1).float()
+    return flat.narrow(0, rank * size, size).clone()
+
+
 _DROP = object()
 
 
@@ -395,13 +438,15 @@ def _plain(value):
 
 
 class DeepSpeedTrainer(TorchTrainer):
-    """The same PPO update through a DeepSpeed engine: ZeRO stage 0-2, optional bf16.
+    """The same PPO update through a DeepSpeed engine: ZeRO stage 0-3, optional bf16.
 
     Samples, mini-batches, the loss and the statistics are TorchTrainer's; the engine does the
     backward pass, the clipping and the optimizer step (torch's AdamW, so a fresh machine
     compiles no optimizer kernel). With one rank and fp32 an update equals TorchTrainer's up to
-    float rounding. ZeRO-3 is not offered: rollouts and FCI scoring read the full weights of
-    the same model object in place, which stage 3 partitions away.
+    float rounding. ZeRO-3 partitions the parameters of the model object it is given: each rank
+    keeps 1/N of them and every forward gathers a layer's weights from the peers, so every rank
+    runs as many passes as its peers (empty ones at weight 0), the rollout engine samples from
+    a separate copy (tasks/ranks.py) and `weights()` gathers the whole state_dict for it.
 
         trainer = DeepSpeedTrainer(policy, reference, 0, cfg.optim, cfg.train)  # train.zero_stage, train.bf16
         stats = trainer.update(samples, generator)          # as TorchTrainer.update
@@ -410,11 +455,12 @@ class DeepSpeedTrainer(TorchTrainer):
     def __init__(self, model: torch.nn.Module, ref_model: torch.nn.Module | None, pad_token_id: int,
                  optim: OptimConfig, train: TrainConfig | None = None) -> None:
         train = train or TrainConfig()
-        if train.zero_stage not in (0, 1, 2):
-            raise ValueError(f"zero_stage must be 0, 1 or 2 (got {train.zero_stage})")
+        if train.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3 (got {train.zero_stage})")
         self.zero_stage, self.bf16 = train.zero_stage, train.bf16
-        # ZeRO-2 reduce-scatters the gradients in every backward pass, not only at the boundary
-        self.reduces_every_pass = train.zero_stage == 2
+        # ZeRO-2/3 reduce-scatter the gradients in every backward pass, not only at the boundary
+        self.reduces_every_pass = train.zero_stage >= 2
+        self.partitions_parameters = train.zero_stage == 3
         super().__init__(model, ref_model, pad_token_id, optim, train)
 
     def _make_optimizer(self, lr: float, weight_decay: float):
@@ -426,7 +472,9 @@ class DeepSpeedTrainer(TorchTrainer):
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,
             "gradient_clipping": self.grad_clip,
-            "zero_optimization": {"stage": self.zero_stage},
+            # stage 3: every parameter partitioned (none kept whole as "persistent"), so that the
+            # memory gain is the whole model's and each rank's share has one layout
+            "zero_optimization": {"stage": self.zero_stage, **({"stage3_param_persistence_threshold": 0} if self.zero_stage == 3 else {})},
             "bf16": {"enabled": self.bf16},
             "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": weight_decay, "betas": [0.9, 0.999], "eps": 1e-8, "torch_adam": True}},
             "steps_per_print": 2**31 - 1,
@@ -452,7 +500,96 @@ class DeepSpeedTrainer(TorchTrainer):
         return self.module
 
     def _reduce_gradients(self) -> None:
-        """The engine reduces (and partitions, ZeRO-2) the gradients itself at each boundary."""
+        """The engine reduces (and partitions, ZeRO-2/3) the gradients itself at each boundary."""
+
+    # -- ZeRO-3: each rank holds a slice of every parameter (p.ds_tensor, padded to equal slices) --
+    def _gradients(self) -> dict[str, torch.Tensor]:
+        if not self.partitions_parameters:
+            return super()._gradients()
+        from deepspeed.utils import safe_get_full_grad
+
+        return {name: safe_get_full_grad(p).detach().reshape(p.ds_shape).clone() for name, p in self.module.named_parameters()}
+
+    def _weights_finite(self) -> bool:
+        if not self.partitions_parameters:
+            return super()._weights_finite()
+        bad = int(not all(torch.isfinite(p.ds_tensor).all() for p in self.module.parameters()))
+        return all_reduce_max(bad) == 0  # all ranks stop together (one left alone would wait in a collective)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Under ZeRO-3 the whole state_dict gathered from every rank's slices, one parameter
+        at a time (a collective: all ranks call it); tied names share one tensor as in the model."""
+        if not self.partitions_parameters:
+            return super().weights()
+        import deepspeed
+
+        gathered: dict[int, torch.Tensor] = {}
+        full = {}
+        for name, p in self.module.named_parameters(remove_duplicate=False):
+            if id(p) not in gathered:
+                with deepspeed.zero.GatheredParameters([p]):
+                    gathered[id(p)] = p.data.detach().clone()
+            full[name] = gathered[id(p)]
+        return {k: full.get(k, v) for k, v in self.module.state_dict().items()}  # buffers are whole on every rank
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Under ZeRO-3 each rank keeps its slice of `weights` (the same on every rank: a
+        collective); the fp32 masters follow in load_state_dict."""
+        if not self.partitions_parameters:
+            return super().load_weights(weights)
+        import deepspeed
+
+        for name, p in self.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):  # re-partitioned on exit
+                p.data.copy_(weights[name])
+        for name, buffer in self.module.named_buffers():
+            if name in weights:
+                buffer.copy_(weights[name])
+
+    def _z3_state_dict(self) -> dict:
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        optimizer = self.engine.optimizer
+        inner = optimizer.optimizer
+        stepped = all(flat in inner.state for flat in optimizer.fp32_partitioned_groups_flat)
+        state, masters = {}, []
+        for index, p in enumerate(self.module.parameters()):
+            masters.append(safe_get_full_fp32_param(p).detach().reshape(p.ds_shape).float().clone())
+            if stepped:
+                flat = optimizer.fp32_partitioned_groups_flat[optimizer.grad_position[optimizer.get_param_id(p)][0]]
+                state[index] = {
+                    "step": inner.state[flat]["step"].clone(),
+                    **{key: safe_get_full_optimizer_state(p, key).detach().reshape(p.ds_shape).float().clone() for key in ("exp_avg", "exp_avg_sq")},
+                }
+        group = {k: _plain(v) for k, v in inner.param_groups[0].items() if k != "params"}
+        groups = [{**{k: v for k, v in group.items() if v is not _DROP}, "params": list(range(len(masters)))}]
+        return {"optimizer": {"state": state, "param_groups": groups}, "fp32_masters": masters}
+
+    def _z3_load_state_dict(self, state: dict) -> None:
+        optimizer = self.engine.optimizer
+        inner = optimizer.optimizer
+        saved, masters = state["optimizer"]["state"], state.get("fp32_masters")
+        for group in inner.param_groups:
+            for key in ("lr", "betas", "eps", "weight_decay"):
+                if key in state["optimizer"]["param_groups"][0]:
+                    group[key] = state["optimizer"]["param_groups"][0][key]
+        flats = optimizer.fp32_partitioned_groups_flat
+        for flat in flats:  # the moments are rebuilt below, or there are none yet (saved before a step)
+            inner.state.pop(flat, None)
+        for index, p in enumerate(self.module.parameters()):
+            # fp32 weights are their own masters (TorchTrainer's state carries none)
+            master = zero3_slice(masters[index], p.ds_tensor.numel(), data_parallel_rank()[0]) if masters is not None else p.ds_tensor.detach().float()
+            part = lambda key: optimizer._get_fp32_opt_state_partition(p, release_swap_buffers=False, optim_state_key=key)[0]  # noqa: E731
+            part(None).data.copy_(master)
+            if index in saved:
+                flat = flats[optimizer.grad_position[optimizer.get_param_id(p)][0]]
+                step = saved[index]["step"]
+                inner.state.setdefault(flat, {
+                    "step": step.clone() if torch.is_tensor(step) else torch.tensor(float(step)),
+                    "exp_avg": torch.zeros_like(flat), "exp_avg_sq": torch.zeros_like(flat),
+                })  # fmt: skip
+                for key in ("exp_avg", "exp_avg_sq"):
+                    part(key).data.copy_(zero3_slice(saved[index][key], p.ds_tensor.numel(), data_parallel_rank()[0]))
 
     def _optimizer_step(self) -> float:
         norm = None
@@ -471,6 +608,8 @@ class DeepSpeedTrainer(TorchTrainer):
         one slice of the flat fp32 master weights and Adam moments, so all ranks call this
         together (a collective) and get it consolidated per parameter, in torch AdamW's own
         format (the TorchTrainer's, loadable on any number of ranks), plus the fp32 masters."""
+        if self.partitions_parameters:
+            return self._z3_state_dict()
         optimizer = self.engine.optimizer
         if not hasattr(optimizer, "single_partition_of_fp32_groups"):
             # stage 0: the plain AdamW (fp32) or DeepSpeed's bf16 wrapper (one rank: TrainConfig refuses more).
@@ -498,6 +637,8 @@ class DeepSpeedTrainer(TorchTrainer):
         return {"optimizer": {"state": state, "param_groups": groups}, "fp32_masters": masters}
 
     def load_state_dict(self, state: dict) -> None:
+        if self.partitions_parameters:
+            return self._z3_load_state_dict(state)
         optimizer = self.engine.optimizer
         if not hasattr(optimizer, "single_partition_of_fp32_groups"):
             if isinstance(optimizer, torch.optim.Optimizer):  # stage 0, fp32: the plain AdamW

@@ -51,9 +51,9 @@ from attnrl_core.errors import AttnRLError
 from attnrl_core.policy import load_policy
 from attnrl_core.prompt_groups import PromptGroup
 from attnrl_core.rollout import Generation, SamplingParams, engine_class, resolve_budgets, resolve_counts, resolve_prompt_index
-from attnrl_core.scoring import score_groups
+from attnrl_core.scoring import score_groups, score_passes
 from attnrl_core.steps import decode_vocab, separator_mask
-from attnrl_core.trainer import TRAINERS, PolicySample, UpdateStats, collective_seconds, data_parallel_rank
+from attnrl_core.trainer import TRAINERS, PolicySample, UpdateStats, all_reduce_max, collective_seconds, data_parallel_rank
 from tasks.phase import FaultInjector
 
 
@@ -73,7 +73,11 @@ class Rank:
         if weights is not None:
             self.policy.load_state_dict(weights)
         self.policy.eval()
-        self.engine = engine_class(cfg.rollout.engine).for_run(self.policy, self.tokenizer, base, cfg.rollout)
+        engine = engine_class(cfg.rollout.engine)
+        # ZeRO-3 partitions the policy object: an engine that samples from it in place gets a copy
+        self.partitioned = cfg.train.partitions_parameters
+        sampler = copy.deepcopy(self.policy) if self.partitioned and engine.reads_policy_in_place else self.policy
+        self.engine = engine.for_run(sampler, self.tokenizer, base, cfg.rollout)
         if weights is not None:  # an engine of its own starts from the base, not the checkpoint
             self.engine.update_weights(self.policy)
         self.trainer = TRAINERS[cfg.train.backend](self.policy, self.reference, self.tokenizer.pad_token_id, cfg.optim, cfg.train)
@@ -89,7 +93,11 @@ class Rank:
         return self.engine.generate(prompts, params, seed=seed, max_new_tokens=max_new_tokens, n=n, prompt_index=prompt_index)
 
     def score(self, groups: Sequence[PromptGroup], iteration: int | None = None) -> Sequence[PromptGroup]:
-        score_groups(self.policy, groups, self.sep_mask, self.vocab_texts, self.tokenizer.pad_token_id, self.cfg.fci, micro_batch=self.cfg.rollout.max_batch_size)
+        micro_batch = self.cfg.rollout.max_batch_size
+        passes = None
+        if self.partitioned:  # each forward gathers the weights with the peers: all ranks run as many
+            passes = all_reduce_max(score_passes(groups, micro_batch))
+        score_groups(self.policy, groups, self.sep_mask, self.vocab_texts, self.tokenizer.pad_token_id, self.cfg.fci, micro_batch=micro_batch, passes=passes)
         return groups
 
     def update(self, samples: Sequence[PolicySample], seed: int, iteration: int, snapshot: bool = True) -> UpdateStats:
@@ -99,10 +107,14 @@ class Rank:
         if snapshot:
             self._snapshot_or_restore(iteration)
         stats = self.trainer.update(samples, torch.Generator().manual_seed(seed))
-        # the engine samples the next batch from the new policy (a no-op for the hf engine, which
-        # shares the trainer's model object; the vllm server reloads the weights in place)
-        self.engine.update_weights(self.policy)
+        self._sync_engine()
         return stats
+
+    def _sync_engine(self) -> None:
+        """The engine samples the next batch from the current policy: a no-op for the hf engine
+        sharing the trainer's model object; a vLLM server (or, under ZeRO-3, the hf engine's own
+        copy) loads the weights, gathered from the ranks' slices under ZeRO-3 (a collective)."""
+        self.engine.update_weights(self.trainer.weights() if self.partitioned else self.policy)
 
     def gradient(self, samples: Sequence[PolicySample]) -> dict[str, torch.Tensor]:
         return self.trainer.gradient(samples)
@@ -114,19 +126,19 @@ class Rank:
     def state_dicts(self) -> tuple[dict, dict] | None:
         """(weights, optimizer state), world-size free. In a group every rank calls this (the
         ZeRO optimizer state is gathered from all of them); only rank 0 returns it."""
-        optimizer = self.trainer.state_dict()
-        return (self.policy.state_dict(), optimizer) if data_parallel_rank()[0] == 0 else None
+        weights, optimizer = self.trainer.weights(), self.trainer.state_dict()
+        return (weights, optimizer) if data_parallel_rank()[0] == 0 else None
 
     def load_state_dicts(self, weights: dict, optimizer: dict) -> None:
-        self.policy.load_state_dict(weights)
+        self.trainer.load_weights(weights)
         self.trainer.load_state_dict(copy.deepcopy(optimizer))
-        self.engine.update_weights(self.policy)
+        self._sync_engine()
 
     def _snapshot_or_restore(self, iteration: int) -> None:
         if self._snapshot is not None and self._snapshot[0] == iteration:
             self.load_state_dicts(*self._snapshot[1])
             return
-        weights = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        weights = {k: v.detach().clone() for k, v in self.trainer.weights().items()}
         self._snapshot = (iteration, (weights, copy.deepcopy(self.trainer.state_dict())))
 
     def close(self) -> None:
@@ -362,7 +374,8 @@ class RankGroup:
         """Each rank scores its share of the prompt groups (balanced by tokens); the scoring
         fields come back into the flow's own group objects."""
         shards = balanced_shards([sum(len(g.prompt_ids) + len(r.token_ids) for r in g.responses) for g in groups], self.world)
-        per_rank = [([groups[i] for i in shard],) if shard else None for shard in shards]
+        # under ZeRO-3 a rank without groups still joins its peers' forward passes
+        per_rank = [([groups[i] for i in shard],) if shard or self.cfg.train.partitions_parameters else None for shard in shards]
         for shard, out in zip(shards, self._call("score", per_rank, "score", iteration)):
             for i, scored in zip(shard, out or []):
                 for mine, theirs in zip(groups[i].responses, scored.responses):

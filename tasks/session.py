@@ -78,9 +78,9 @@ class TrainSession:
 
     def save_policy(self, folder: Path) -> None:
         """The current policy as a from_pretrained folder (weights and tokenizer)."""
-        if isinstance(self.ranks, Rank):
+        if isinstance(self.ranks, Rank) and not self.cfg.train.partitions_parameters:
             policy = self.ranks.policy
-        else:  # the weights live on the ranks: a CPU copy of the model to write them from
+        else:  # the weights live on the ranks (or in ZeRO-3 slices): a CPU copy of the model to write them from
             policy, _ = load_policy(self.base, self.cfg.model.model_copy(update={"device": "cpu"}))
             policy.load_state_dict(self.ranks.state_dicts()[0])
         policy.save_pretrained(folder)

@@ -95,6 +95,10 @@ class Generation:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
+    #: True when `for_run` samples from the policy object it is given (no copy of the weights):
+    #: under ZeRO-3, which partitions that object, such an engine is given a copy of its own.
+    reads_policy_in_place: bool
+
     def generate(
         self,
         prompts: list[list[int]],

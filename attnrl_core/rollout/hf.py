@@ -111,6 +111,8 @@ class HFEngine:
         [len(g.token_ids) for g in out[0]]    # -> e.g. [5, 2, 5]: the second hit EOS (id 1)
     """
 
+    reads_policy_in_place = True
+
     @classmethod
     def for_run(cls, policy: torch.nn.Module, tokenizer, base_path: str, cfg) -> "HFEngine":
         """The engine of a training run: samples with the trainer's own model object (always

@@ -58,6 +58,8 @@ class VLLMEngine:
     port: the server's TCP port on 127.0.0.1 (0 = any free port).
     """
 
+    reads_policy_in_place = False  # the server holds weights of its own
+
     @classmethod
     def for_run(cls, policy, tokenizer, base_path: str, cfg) -> "VLLMEngine":
         """The engine of a training run: a server started from the base policy's folder with the

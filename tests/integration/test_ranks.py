@@ -129,22 +129,30 @@ def test_a_rank_killed_mid_run_is_survived_and_changes_nothing(clean_two, fault)
 
 
 DEEPSPEED = ["train.backend=deepspeed", "train.zero_stage=2"]
+ZERO3 = ["train.backend=deepspeed", "train.zero_stage=3"]
 
 
-def test_deepspeed_zero2_across_ranks_survives_a_lost_rank_and_equals_the_torch_update(clean_two):
+@pytest.mark.parametrize("backend, fault", [(DEEPSPEED, "update@2:kill-rank1,update@3"), (ZERO3, "score@2:kill-rank1,update@3")], ids=["zero2", "zero3"])
+def test_deepspeed_across_ranks_survives_a_lost_rank_and_equals_the_torch_update(clean_two, backend, fault):
     """ZeRO-2 on 2 ranks: optimizer state and gradients partitioned, every backward pass
-    reduce-scattered (ranks with fewer passes run empty ones). A lost rank's group is rebuilt
-    from the consolidated state, and a retried update restores it on both ranks."""
+    reduce-scattered (ranks with fewer passes run empty ones); rank 1 dies in an update.
+    ZeRO-3: parameters partitioned too, so scoring and the update's forwards gather each layer
+    from the peer (both ranks run as many passes) and the hf engine samples from a copy
+    refreshed with the gathered weights; rank 1 dies while scoring. A lost rank's group is
+    rebuilt from the consolidated state, and update@3's retry puts it back into both ranks
+    (ZeRO-3: into their slices). Both end where the torch update does."""
     uri, clean = clean_two
-    faulted = train(uri, TWO, *DEEPSPEED, "train.fault=update@2:kill-rank1,update@3")
+    faulted = train(uri, TWO, *backend, f"train.fault={fault}")
     assert faulted["rank_rebuilds"] == 1
     reference, ds = final_weights(clean), final_weights(faulted)
     worst = max((reference[k] - ds[k]).abs().max().item() for k in reference)
-    assert worst <= 1e-5, f"DeepSpeed ZeRO-2 on 2 ranks drifts from the torch update by {worst:.2e}"
+    assert worst <= 1e-5, f"DeepSpeed {backend} on 2 ranks drifts from the torch update by {worst:.2e}"
     assert no_rank_left()
 
 
-@pytest.mark.parametrize("before, after, backend", [(2, 1, []), (1, 2, []), (2, 1, DEEPSPEED)], ids=["2-1", "1-2", "2-1-zero2"])
+@pytest.mark.parametrize(
+    "before, after, backend", [(2, 1, []), (1, 2, []), (2, 1, DEEPSPEED), (1, 2, ZERO3)], ids=["2-1", "1-2", "2-1-zero2", "1-2-zero3"]
+)
 def test_resume_on_another_number_of_ranks_continues_the_same_run(clean_two, tmp_path, monkeypatch, before, after, backend):
     uri = mlflow_store(tmp_path)
     name = f"moved-{before}-{after}"

@@ -147,6 +147,27 @@ def test_score_groups_fills_fields_consistently_with_fci_score():
     assert len(group.responses[1].token_entropy) == 3
 
 
+def test_score_groups_pads_to_the_peers_pass_count_without_changing_a_score():
+    """A ZeRO-3 rank runs as many forward passes as its busiest peer: 2 responses at micro-batch
+    1 are 2 passes (score_passes); passes=5 adds 3 one-token passes and changes no field."""
+    from attnrl_core.scoring import score_passes
+
+    model = tiny_model()
+    sep = torch.zeros(24, dtype=torch.bool)
+    sep[3] = True
+    make = lambda: PromptGroup("p", "q", "1", 1, [5, 6, 7], [Response([9, 3, 10, 11], [-1.0] * 4), Response([14, 3, 15], [-1.0] * 3)])  # noqa: E731
+    plain, padded = make(), make()
+    assert score_passes([plain], micro_batch=1) == 2 and score_passes([], micro_batch=1) == 0
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    args = dict(sep_mask=sep, vocab_texts=[f"t{i}" for i in range(24)], pad_token_id=PAD, cfg=FCIConfig(delta=1), micro_batch=1)
+    score_groups(model, [plain], **args)
+    score_groups(model, [padded], passes=5, **args)
+    hook.remove()
+    assert len(calls) == 2 + 5 and calls[2:5] == [torch.Size([1, 1])] * 3
+    assert [vars(r) for r in padded.responses] == [vars(r) for r in plain.responses]
+
+
 # ----------------------------------------------------------------------------------------------
 # DeepSpeed backend (real DeepSpeed, one gloo rank on CPU)
 # ----------------------------------------------------------------------------------------------
@@ -161,8 +182,10 @@ def _assert_close(a: dict, b: dict, atol: float) -> None:
         assert torch.allclose(a[k], b[k], atol=atol, rtol=0), f"{k}: max diff {(a[k] - b[k]).abs().max().item()}"
 
 
-@pytest.mark.parametrize("zero_stage", [0, 1, 2])
+@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
 def test_deepspeed_update_equals_the_torch_update(zero_stage):
+    """Also ZeRO-3, whose model object keeps only its slices: its gradient, steps and the
+    weights gathered back equal the torch trainer's."""
     from attnrl_core.trainer import DeepSpeedTrainer
 
     a, b = tiny_model(), tiny_model()
@@ -170,45 +193,50 @@ def test_deepspeed_update_equals_the_torch_update(zero_stage):
     # micro_batch_tokens=8: a mini-batch of 2 runs as 2 passes, through the engine's gradient
     # accumulation; the torch side runs the same passes (same rounding: see the Adam note above)
     torch_trainer = TorchTrainer(a, ref, PAD, OptimConfig(lr=1e-2, minibatch_sequences=2, micro_batch_tokens=8))
-    ds_trainer = DeepSpeedTrainer(b, copy.deepcopy(ref), PAD, OptimConfig(lr=1e-2, minibatch_sequences=2, micro_batch_tokens=8), TrainConfig(zero_stage=zero_stage))
     before = _weights(b)
+    ds_trainer = DeepSpeedTrainer(b, copy.deepcopy(ref), PAD, OptimConfig(lr=1e-2, minibatch_sequences=2, micro_batch_tokens=8), TrainConfig(zero_stage=zero_stage))
+    if zero_stage == 3:
+        assert all(p.numel() == 0 for p in b.parameters()), "ZeRO-3 partitions the model object it is given"
+        _assert_close(torch_trainer.gradient(SAMPLES), ds_trainer.gradient(SAMPLES), atol=1e-6)
     for step in range(2):
         st = torch_trainer.update(SAMPLES, torch.Generator().manual_seed(step))
         sd = ds_trainer.update(SAMPLES, torch.Generator().manual_seed(step))
         assert (sd.minibatches, sd.tokens) == (st.minibatches, st.tokens)
         assert sd.grad_norm == pytest.approx(st.grad_norm, rel=1e-4)
         assert sd.pg_loss == pytest.approx(st.pg_loss, abs=1e-5)
-    after = _weights(b)
+    after = {k: v.float() for k, v in ds_trainer.weights().items()}
     assert any(not torch.equal(before[k], after[k]) for k in after)
     _assert_close(_weights(a), after, atol=1e-5)  # AdamW at lr 1e-2 moves weights by ~2e-2
 
 
-@pytest.mark.parametrize("zero_stage, bf16", [(0, False), (2, False), (2, True)], ids=["stage0", "stage2", "stage2-bf16"])
+@pytest.mark.parametrize("zero_stage, bf16", [(0, False), (2, False), (2, True), (3, False), (3, True)], ids=["stage0", "stage2", "stage2-bf16", "stage3", "stage3-bf16"])
 def test_deepspeed_state_round_trip_continues_exactly(tmp_path, zero_stage, bf16):
     """Update, checkpoint (weights + optimizer, read back weights_only), rebuild, update again:
-    equals two updates in one trainer."""
+    equals two updates in one trainer (ZeRO-3: the weights gathered from the slices and put
+    back into a fresh trainer's, from the checkpoint and again by load_weights)."""
     from attnrl_core.trainer import DeepSpeedTrainer
 
+    make = lambda m: DeepSpeedTrainer(m, None, PAD, OptimConfig(lr=1e-2, kl_coef=0.0, minibatch_sequences=2, micro_batch_tokens=0), TrainConfig(zero_stage=zero_stage, bf16=bf16))  # noqa: E731
     a, b = tiny_model(), tiny_model()
-    ta = DeepSpeedTrainer(a, None, PAD, OptimConfig(lr=1e-2, kl_coef=0.0, minibatch_sequences=2, micro_batch_tokens=0), TrainConfig(zero_stage=zero_stage, bf16=bf16))
-    tb = DeepSpeedTrainer(b, None, PAD, OptimConfig(lr=1e-2, kl_coef=0.0, minibatch_sequences=2, micro_batch_tokens=0), TrainConfig(zero_stage=zero_stage, bf16=bf16))
+    ta, tb = make(a), make(b)
     if bf16:
-        assert next(a.parameters()).dtype == torch.bfloat16  # the engine casts the shared policy object
+        assert ta.weights()["lm_head.weight"].dtype == torch.bfloat16  # the engine casts the shared policy object
     for t in (ta, tb):
         t.update(SAMPLES, torch.Generator().manual_seed(0))
-    torch.save(b.state_dict(), tmp_path / "policy.pt")
+    torch.save(tb.weights(), tmp_path / "policy.pt")
     torch.save(tb.state_dict(), tmp_path / "optimizer.pt")
 
     c = tiny_model(seed=7)  # other weights: everything must come from the checkpoint
     c.load_state_dict(torch.load(tmp_path / "policy.pt", weights_only=True))
-    tc = DeepSpeedTrainer(c, None, PAD, OptimConfig(lr=1e-2, kl_coef=0.0, minibatch_sequences=2, micro_batch_tokens=0), TrainConfig(zero_stage=zero_stage, bf16=bf16))
+    tc = make(c)
+    tc.load_weights(torch.load(tmp_path / "policy.pt", weights_only=True))  # what a rebuilt rank does again
     tc.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
     ta.update(SAMPLES, torch.Generator().manual_seed(1))
     tc.update(SAMPLES, torch.Generator().manual_seed(1))
-    _assert_close(_weights(a), _weights(c), atol=0.0)
+    _assert_close(ta.weights(), tc.weights(), atol=0.0)
 
 
-@pytest.mark.parametrize("zero_stage", [1, 2])
+@pytest.mark.parametrize("zero_stage", [1, 2, 3])
 def test_a_zero_state_from_before_any_step_restores_no_moments(zero_stage):
     """A retried first update restores the state of before it: weights and NO Adam moments (not
     the moments the failed attempt left); the state is torch AdamW's per-parameter format."""
@@ -216,23 +244,24 @@ def test_a_zero_state_from_before_any_step_restores_no_moments(zero_stage):
 
     make = lambda m: DeepSpeedTrainer(m, None, PAD, OptimConfig(lr=1e-2, kl_coef=0.0, minibatch_sequences=2, micro_batch_tokens=0), TrainConfig(zero_stage=zero_stage))  # noqa: E731
     a, b = tiny_model(), tiny_model()
+    count = len(list(a.parameters()))
     ta, tb = make(a), make(b)
-    before = ({k: v.clone() for k, v in a.state_dict().items()}, ta.state_dict())
-    assert before[1]["optimizer"]["state"] == {} and len(before[1]["optimizer"]["param_groups"][0]["params"]) == len(list(a.parameters()))
+    before = ({k: v.clone() for k, v in ta.weights().items()}, ta.state_dict())
+    assert before[1]["optimizer"]["state"] == {} and len(before[1]["optimizer"]["param_groups"][0]["params"]) == count
     ta.update(SAMPLES, torch.Generator().manual_seed(0))  # the failed first attempt
-    a.load_state_dict(before[0])
+    ta.load_weights(before[0])
     ta.load_state_dict(before[1])
     ta.update(SAMPLES, torch.Generator().manual_seed(0))  # the retry
     tb.update(SAMPLES, torch.Generator().manual_seed(0))
-    _assert_close(_weights(a), _weights(b), atol=0.0)
-    assert set(ta.state_dict()["optimizer"]["state"]) == set(range(len(list(a.parameters()))))
+    _assert_close(ta.weights(), tb.weights(), atol=0.0)
+    assert set(ta.state_dict()["optimizer"]["state"]) == set(range(count))
 
 
-def test_deepspeed_refuses_zero_stage_3():
+def test_deepspeed_refuses_an_unknown_zero_stage():
     from attnrl_core.trainer import DeepSpeedTrainer
 
-    with pytest.raises(ValueError, match="zero_stage must be 0, 1 or 2"):
-        DeepSpeedTrainer(tiny_model(), None, PAD, OptimConfig(lr=1e-3, kl_coef=0.0), TrainConfig.model_construct(zero_stage=3, bf16=False))
+    with pytest.raises(ValueError, match="zero_stage must be 0, 1, 2 or 3"):
+        DeepSpeedTrainer(tiny_model(), None, PAD, OptimConfig(lr=1e-3, kl_coef=0.0), TrainConfig.model_construct(zero_stage=4, bf16=False))
 
 
 def test_docstring_examples():
