@@ -55,6 +55,21 @@ FCI_ATTENTION = "attnrl_fci"
 #: ~4-5 MiB for the tiny policy.
 DEFAULT_BLOCK_BYTES = 2 * 2**20
 MIN_BLOCK_ROWS = 32
+#: The same budget on a CUDA device. There a block costs a dozen kernel launches whatever its size,
+#: and memory is plentiful, so blocks are as large as the L / 8 cap allows. Measured by bench/gpu.py
+#: on one H200 (DS-R1-Distill-Qwen-1.5B's shape, bf16, L = 1024 + 8192, B = 1): 32-row blocks (the
+#: CPU rule) 2.66 s = 25.7x a plain SDPA forward; 256 rows 0.39 s (3.8x); 1024 rows 0.32 s (3.1x,
+#: peak 0.69x the plain forward's); 2048 rows 0.35 s (3.3x, 0.85x memory).
+CUDA_BLOCK_BYTES = 512 * 2**20
+
+
+def block_bytes(device: torch.device) -> int:
+    """The scratch budget of one fp32 block on `device` (DEFAULT_BLOCK_BYTES or CUDA_BLOCK_BYTES).
+
+    >>> block_bytes(torch.device("cpu")) == DEFAULT_BLOCK_BYTES
+    True
+    """
+    return CUDA_BLOCK_BYTES if device.type == "cuda" else DEFAULT_BLOCK_BYTES
 
 AGGREGATES = ("max", "mean")
 
@@ -262,13 +277,13 @@ class _FCIAccumulator:
         self.heads_seen = 0
         self.layers_seen = 0
 
-    def blocks(self, B: int, H: int, L: int) -> list[tuple[int, int, RowGroups]]:
+    def blocks(self, B: int, H: int, L: int, device: torch.device) -> list[tuple[int, int, RowGroups]]:
         """(row_start, row_end, row groups) of each block of query rows; the same for every layer."""
         if self._blocks is None:
             if self.chunk_size is not None:
                 rows = min(self.chunk_size, L)
             else:
-                rows = min(DEFAULT_BLOCK_BYTES // (B * H * L * 4), -(-L // 8))
+                rows = min(block_bytes(device) // (B * H * L * 4), -(-L // 8))
                 rows = min(max(rows, MIN_BLOCK_ROWS), L)
             self._blocks = [
                 (c0, min(c0 + rows, L), row_groups(self.layout, c0, min(c0 + rows, L)))
@@ -340,7 +355,7 @@ def fci_attention_forward(
         )
     G = H // Hkv  # query heads per key/value head
     scale = D**-0.5 if scaling is None else scaling
-    blocks = acc.blocks(B, H, L)
+    blocks = acc.blocks(B, H, L, query.device)
     largest = max(c1 - c0 for c0, c1, _ in blocks)
     future = torch.ones(largest, largest, dtype=torch.bool, device=query.device).triu_(1)  # (C, C)
     masked = torch.finfo(torch.float32).min  # finite like eager's mask: pad rows stay NaN-free
@@ -451,7 +466,8 @@ def score(
     step_spans[b]: [start, end) absolute positions of the steps of row b; step 0 is the prompt.
     delta: steps j >= k + delta count towards y[k] (docs/method.md §2, default 4).
     aggregate: "max" over layers and heads (paper) or "mean" (ablation).
-    chunk_size: query rows per block; None picks it from B, heads and L (see DEFAULT_BLOCK_BYTES).
+    chunk_size: query rows per block; None picks it from B, heads, L and the device (see
+        DEFAULT_BLOCK_BYTES and CUDA_BLOCK_BYTES).
 
     Positions are counted from each row's first real token (as `generate` does), so padding never
     changes a row's scores. The model runs in eval mode under no_grad with its attention swapped
@@ -480,7 +496,7 @@ def score(
     layout = step_layout(step_spans, attention_mask, delta)
     logits, fci = _forward_with_fci(model, input_ids, attention_mask, layout, aggregate, chunk_size)
     B, L, V = logits.shape
-    block_rows = min(max(DEFAULT_BLOCK_BYTES // (B * V * 4), MIN_BLOCK_ROWS), L)
+    block_rows = min(max(block_bytes(logits.device) // (B * V * 4), MIN_BLOCK_ROWS), L)
     token_logprobs, token_entropy = token_logprobs_and_entropy(logits, input_ids, attention_mask, block_rows)
     step_fci = [fci[b, :n].float() for b, n in enumerate(layout.num_steps)]
     return FCIResult(step_fci=step_fci, token_logprobs=token_logprobs, token_entropy=token_entropy)
