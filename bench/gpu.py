@@ -17,6 +17,10 @@ builds a RANDOM-initialised Qwen2 of DeepSeek-R1-Distill-Qwen-1.5B's shape (28 l
 3. One PPO update (attnrl_core.trainer.TorchTrainer: clipped loss, k3 KL to a frozen reference,
    AdamW, length-sorted passes) over mini-batch-sized random samples: seconds and peak memory.
 
+4. One PPO update over ONE sequence of the paper's length (1,024 + 8,192 tokens, the paper
+   configs' optim.micro_batch_tokens) with gradient checkpointing: peak memory and time with the
+   fp32 log-probs in chunks (attnrl_core.trainer.LOGPROB_CHUNK_BYTES) and in one piece.
+
 Weights are random, so the numbers are costs, not quality. Steps are random lengths (32-128
 tokens, docs/method.md §1's "\\n\\n" steps at paper scale are of that order), which is what FCI's
 cost depends on besides L.
@@ -37,6 +41,7 @@ import torch  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from attnrl_core import fci  # noqa: E402
+from attnrl_core import trainer as trainer_module  # noqa: E402
 from attnrl_core.config import OptimConfig, TrainConfig  # noqa: E402
 from attnrl_core.rollout import SamplingParams  # noqa: E402
 from attnrl_core.rollout.hf import HFEngine  # noqa: E402
@@ -176,13 +181,48 @@ def bench_update(model, reference, dev: Device, size: dict, vocab: int) -> dict:
     return out
 
 
+def bench_update_pass(model, reference, dev: Device, size: dict, vocab: int) -> dict:
+    """Peak memory and time of one PPO update over ONE sequence of the paper's length (1,024 +
+    8,192 tokens: optim.micro_batch_tokens 9,216 of experiments/paper), gradient checkpointing on,
+    KL on: the fp32 log-probs in chunks (trainer.LOGPROB_CHUNK_BYTES) vs in one piece."""
+    g = torch.Generator().manual_seed(4)
+    sample = PolicySample(
+        prompt_ids=torch.randint(0, vocab, (size["prompt"],), generator=g).tolist(),
+        response_ids=torch.randint(0, vocab, (size["response"],), generator=g).tolist(),
+        advantages=[1.0] * size["response"],
+    )
+    optim = OptimConfig(lr=1e-6, minibatch_sequences=1, micro_batch_tokens=size["prompt"] + size["response"])
+    out = {"tokens": size["prompt"] + size["response"]}
+    for name, chunk_bytes in (("chunked", trainer_module.LOGPROB_CHUNK_BYTES), ("one_piece", 2**62)):
+        saved, trainer_module.LOGPROB_CHUNK_BYTES = trainer_module.LOGPROB_CHUNK_BYTES, chunk_bytes
+        try:
+            trainer = TorchTrainer(model, reference, 0, optim, TrainConfig(gradient_checkpointing=True))
+            trainer.update([sample], torch.Generator().manual_seed(5))  # warm-up; creates the AdamW state
+            dev.sync()
+            baseline = dev.allocated()
+            dev.reset_peak()
+            start = time.perf_counter()
+            trainer.update([sample], torch.Generator().manual_seed(5))
+            dev.sync()
+            out[name] = {"seconds": time.perf_counter() - start, "peak_gib_above_models_and_adam": dev.peak_gib(baseline)}
+        finally:
+            trainer_module.LOGPROB_CHUNK_BYTES = saved
+            model.gradient_checkpointing_disable()
+            del trainer
+            model.eval()
+        print(f"  update pass, log-probs {name}: {json.dumps(out[name])}", flush=True)
+    if dev.cuda:
+        out["memory_ratio"] = out["chunked"]["peak_gib_above_models_and_adam"] / out["one_piece"]["peak_gib_above_models_and_adam"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model and short sequences (a CPU smoke check)")
     parser.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--fci-chunk", type=int, action="append", default=[], help="also time FCI scoring with this many query rows per block (repeatable)")
-    parser.add_argument("--skip", action="append", default=[], choices=["fci", "generation", "update"], help="leave a part out")
+    parser.add_argument("--skip", action="append", default=[], choices=["fci", "generation", "update", "update_pass"], help="leave a part out")
     args = parser.parse_args(argv)
     name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dev = Device(name)
@@ -215,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         reference.load_state_dict(model.state_dict())
         results["ppo_update"] = bench_update(model, reference, dev, size, config.vocab_size)
         print("one PPO update:", json.dumps(results["ppo_update"]), flush=True)
+    if "update_pass" not in args.skip:
+        if "update" in args.skip:
+            with torch.device(dev.device):
+                reference = Qwen2ForCausalLM(config).to(dtype).eval().requires_grad_(False)
+        results["update_pass"] = bench_update_pass(model, reference, dev, size, config.vocab_size)
+        print("one paper-length update pass:", json.dumps(results["update_pass"]), flush=True)
     results["total_s"] = time.perf_counter() - t0
     print(f"total {results['total_s']:.0f} s")
     if args.out:

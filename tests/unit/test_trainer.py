@@ -44,6 +44,24 @@ def test_response_logprobs_match_a_direct_computation():
         assert mask[b].sum().item() == len(s.response_ids)
 
 
+def test_response_logprobs_in_chunks_equal_the_whole_tensor_way_with_their_gradients():
+    """Chunks of 1 and 2 response positions (recomputed in backward) give the same log-probs,
+    entropies and parameter gradients, bit for bit, as one chunk of all positions."""
+    results = []
+    for chunk_positions in (None, 1, 2):
+        model = tiny_model()
+        V = model.config.vocab_size
+        chunk_bytes = 2**40 if chunk_positions is None else chunk_positions * len(SAMPLES) * V * 4
+        logp, mask, ent = response_logprobs(model, SAMPLES, PAD, with_entropy=True, chunk_bytes=chunk_bytes)
+        ((logp * mask).sum() + 0.1 * (ent * mask).sum()).backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        results.append((logp.detach(), ent.detach(), grads))
+    whole = results[0]
+    for logp, ent, grads in results[1:]:
+        assert torch.equal(logp, whole[0]) and torch.equal(ent, whole[1])
+        assert grads.keys() == whole[2].keys() and all(torch.equal(g, whole[2][k]) for k, g in grads.items())
+
+
 def test_update_is_deterministic_and_moves_the_policy():
     a, b = tiny_model(), tiny_model()
     ref = copy.deepcopy(a).requires_grad_(False)
