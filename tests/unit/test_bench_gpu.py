@@ -13,5 +13,5 @@ def test_gpu_bench_tiny_smoke_check(tmp_path):
     assert bench.main(["--tiny", "--out", str(tmp_path / "gpu.json")]) == 0
     out = json.loads((tmp_path / "gpu.json").read_text())
     assert out["fci_vs_plain"]["time_ratio"] > 0 and out["generation_hf"]["tokens_per_s"] > 0
-    assert out["ppo_update"]["seconds"] > 0
+    assert out["ppo_update"]["seconds"] > 0 and out["update_pass"]["chunked"]["seconds"] > 0
     assert bench.PAPER["num_hidden_layers"] == 28 and bench.SIZES["paper"]["prompt"] + bench.SIZES["paper"]["response"] == 9216
