@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from attnrl_core.config import load_config  # noqa: E402
+from attnrl_core.trainer import LOGPROB_CHUNK_BYTES  # noqa: E402
 
 GB = 1e9
 # config.json of deepseek-ai/DeepSeek-R1-Distill-Qwen-{1.5B,7B} (Qwen2 architecture, untied embeddings)
@@ -65,7 +66,9 @@ def main() -> None:
         transient = {
             f"update pass: checkpointed hidden states ({mb} tokens)": mb * L * d * 2,
             "update pass: one layer recomputed (34 x tokens x d bytes)": 34 * mb * d,
-            "update pass: fp32 logits, log-softmax, their gradient (3 x tokens x V x 4 B)": 3 * mb * V * 4,
+            # measured on one H200 (bench/gpu.py part 4): the whole transient of a 9,216-token pass
+            # of the 1.5B shape, full bf16 gradients and AdamW's step included, was 18.4 GiB
+            "update pass: bf16 logits + 2 grads (3 x tokens x V x 2 B), 4 fp32 1-GiB chunks": 3 * mb * V * 2 + 4 * LOGPROB_CHUNK_BYTES,
             f"scoring pass: logits of {cfg.rollout.max_batch_size} x {seq} tokens (bf16)": cfg.rollout.max_batch_size * seq * V * 2,
         }
         print(f"\n== DS-R1-Distill-Qwen-{name.upper()}: {P / 1e9:.2f}B parameters; {ranks} ranks x {tp} GPU(s) = {gpus} GPUs")
