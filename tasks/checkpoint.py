@@ -103,6 +103,23 @@ def load(path: Path) -> tuple[dict, dict, dict, dict]:
     return policy, optim, state, cfg
 
 
+def export_policy(path: Path, base: str, out: Path) -> None:
+    """The policy of the complete checkpoint `path` as a from_pretrained folder `out` (weights and
+    tokenizer), built on the run's base policy `base` (a folder or hub id). Written into
+    `<out>.tmp-<pid>` and renamed, so `out` is either absent or whole."""
+    from attnrl_core.config import Config
+    from attnrl_core.policy import load_policy
+
+    cfg = Config.model_validate(json.loads((path / "config.json").read_text()))
+    policy, tokenizer = load_policy(base, cfg.model.model_copy(update={"device": "cpu"}))
+    policy.load_state_dict(torch.load(path / "policy.pt", map_location="cpu", weights_only=True))
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
+
+
 def prune(run_dir: Path, keep_last: int, best: str | None) -> None:
     """Keep the newest `keep_last` complete checkpoints and the best one; drop the rest and any
     leftover temporary folders of dead writers."""

@@ -57,7 +57,7 @@ def test_help_loads_none_of_the_stack(tmp_path, args):
     assert code == 0, err
     assert "Usage: attnrl" in out
     if args == ["--help"]:
-        for command in ("warmstart", "train", "resume", "runs", "eval", "config", "ui", "sweep", "compare"):
+        for command in ("warmstart", "train", "resume", "runs", "export", "eval", "config", "ui", "sweep", "compare"):
             assert command in out
     if args[0] == "eval":
         assert "--benchmark" in out and "--samples" in out and "--tracking-uri" in out

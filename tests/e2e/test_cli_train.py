@@ -83,3 +83,21 @@ def test_cli_train_end_to_end_and_bad_input(base_uri, tmp_path, prefect_api, mon
     assert "branch.rho" in bad.stderr and "<= 1.0" in bad.stderr
     unreachable = CliRunner().invoke(app, ["train", "--quiet", *sets(), "--tracking-uri", "http://127.0.0.1:9"])
     assert unreachable.exit_code == 2 and "unreachable" in unreachable.stderr
+
+    # export: the last checkpoint's policy as a save_pretrained folder is the run's final policy
+    client = mlflow.MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("train-test").experiment_id])[0]
+    exported = tmp_path / "exported"
+    done = CliRunner().invoke(app, ["export", run.info.run_name, "--out", str(exported)])
+    assert done.exit_code == 0, done.output
+    assert "iteration 2 of run" in done.stdout
+    final = Path(run.data.tags["checkpoint_dir"]) / "final_policy"
+    assert_same_weights(final_weights({"final_policy": exported}), final_weights({"final_policy": final}))
+    assert (exported / "tokenizer.json").is_file() and not list(tmp_path.glob("exported.tmp-*"))
+    written = sorted((p.name, p.stat().st_mtime_ns) for p in exported.iterdir())
+    again = CliRunner().invoke(app, ["export", run.info.run_id, "--out", str(exported)])
+    assert again.exit_code == 2 and "--out" in again.stderr and "not an empty folder" in again.stderr
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in exported.iterdir()) == written  # untouched
+    absent = CliRunner().invoke(app, ["export", run.info.run_id, "--out", str(tmp_path / "it7"), "--iteration", "7"])
+    assert absent.exit_code == 2 and "--iteration 7" in absent.stderr and "2]" in absent.stderr
+    assert not (tmp_path / "it7").exists()
