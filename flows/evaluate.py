@@ -11,52 +11,18 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import mlflow
 from prefect import flow
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnrl_core.config import check_inputs, load_config
 from attnrl_core.evaluation import EvalReport, objective_value
 from attnrl_core.policy import load_policy
 from attnrl_core.rollout import engine_class
 from flows import tracking
+from flows.progress import EvalProgress
 from tasks.evaluate import evaluate_policy
-
-
-class EvalProgress:
-    """One progress bar per benchmark set: problems done of the set, tokens generated per second.
-    Its instances are the `progress` hook of tasks.evaluate.evaluate_policy."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.bar = Progress(
-            TextColumn("[bold]{task.description:<14}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("problems  {task.fields[rate]} tok/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            disable=quiet,
-            console=Console(stderr=True),
-        )
-        self.tasks: dict[str, tuple[int, float]] = {}
-
-    def __enter__(self) -> "EvalProgress":
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
-
-    def __call__(self, name: str, done: int, total: int, tokens: int) -> None:
-        if name not in self.tasks:
-            self.tasks[name] = (self.bar.add_task(name, total=total, rate="-"), time.perf_counter())
-        task, start = self.tasks[name]
-        self.bar.update(task, completed=done, rate=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f}")
 
 
 def report_rows(reports: dict[str, EvalReport]) -> list[dict]:

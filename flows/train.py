@@ -22,13 +22,12 @@ from typing import Any, Callable, Iterator
 
 from prefect import flow
 from prefect.utilities.annotations import quote
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnrl_core.config import Config, check_inputs, load_config
 from attnrl_core.evaluation import EvalReport, objective_value
 from attnrl_core.render import render_trees_html
 from flows import tracking
+from flows.progress import TrainProgress
 from flows.reaper import Preempted
 from flows.run_tracking import SENTINEL, TrainingRun
 from tasks import checkpoint as ckpt
@@ -268,47 +267,3 @@ def save_final_policy(s: TrainSession, run: TrainingRun) -> Path:
     tmp.rename(final_dir)
     run.log_final_policy(final_dir)
     return final_dir
-
-
-class TrainProgress:
-    """The progress bar of a run: iterations done, the running phase, reward, valid tokens, eval.
-    Every phase boundary it reports is a safe point to stop at (`safe_point`)."""
-
-    def __init__(self, quiet: bool, total: int, start: int, safe_point: Callable[[], None] = lambda: None) -> None:
-        self.safe_point = safe_point
-        self.bar = Progress(
-            TextColumn("[bold]iter"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[phase]:<10} reward {task.fields[reward]} valid-tok {task.fields[valid]} eval {task.fields[acc]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            disable=quiet,
-            console=Console(stderr=True),
-        )
-        self.task = self.bar.add_task("train", total=total, completed=start, phase="", reward="-", valid="-", acc="-")
-
-    def __enter__(self) -> "TrainProgress":
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.bar.__exit__(*exc)
-
-    def phase(self, name: str) -> None:
-        self.safe_point()
-        self.bar.update(self.task, phase=name)
-
-    def evaluating(self, name: str, done: int, total: int, tokens: int) -> None:
-        """Hook of an evaluation: the phase column shows the set, problems done and tokens/s."""
-        if done == 0:  # a set starts
-            self._eval_start = time.perf_counter()
-        rate = tokens / max(time.perf_counter() - getattr(self, "_eval_start", time.perf_counter()), 1e-9)
-        self.bar.update(self.task, phase=f"eval {name} {done}/{total} {rate:.0f} tok/s")
-
-    def evaluated(self, accuracy: float) -> None:
-        self.bar.update(self.task, acc=f"{100 * accuracy:.1f}%")
-
-    def done(self, it: int, metrics: dict[str, float]) -> None:
-        reward, valid = metrics.get("train/reward", float("nan")), metrics.get("batch/valid_token_ratio", float("nan"))
-        self.bar.update(self.task, completed=it, phase="", reward=f"{reward:.2f}", valid=f"{valid:.2f}")

@@ -36,7 +36,8 @@ def test_two_sets_their_own_sampling_and_a_mean_objective_pick_the_best(base_uri
 
 
 def test_evaluation_flow_uses_the_configs_sets_with_a_progress_hook(base_uri, tmp_path, monkeypatch):
-    from flows.evaluate import EvalProgress, evaluate_flow
+    from flows.evaluate import evaluate_flow
+    from flows.progress import EvalProgress
 
     seen = []
     original = EvalProgress.__call__
