@@ -14,6 +14,8 @@ sample has exactly its budget of new tokens and tokens/s compare like for like.
 (b) continuations with prefix reuse: 24 prefixes of 90-110 tokens, n = 2 each, 64 new tokens
     (one prefill per prefix, KV cache fanned out to its 2 continuations).
 (c) the same continuations re-encoding every prefix: each prefix sent twice with n = 1.
+(a'') for the hf engine: (a) on transformers' DynamicCache, whose torch.cat copies the whole KV
+    cache every step, instead of the engine's preallocated buffers.
 Cases alternate within each repeat; medians of the repeats are printed with the ratios.
 """
 
@@ -69,11 +71,24 @@ def hf_generate(model, prompts: list[list[int]], n: int, new_tokens: int, seed: 
         )  # fmt: skip
 
 
+def with_dynamic_cache(fn):
+    """fn() with the hf engine on transformers' DynamicCache (torch.cat per step) instead of its
+    preallocated KV buffers: the same tokens, bit for bit (tests/unit/test_rollout_hf.py)."""
+    import attnrl_core.rollout.hf as hf
+
+    hf.PREALLOCATED_KV_CACHE = False
+    try:
+        return fn()
+    finally:
+        hf.PREALLOCATED_KV_CACHE = True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a quarter of the new tokens per sample")
+    parser.add_argument("--new-tokens", type=int, default=128, help="new tokens per initial sample (a); continuations get half")
     parser.add_argument("--max-batch-size", type=int, default=256, help="hf engine micro-batch (rows)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
@@ -87,9 +102,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     initial_prompts = random_prompts(16, 40, 56, vocab_size, g)
     prefixes = random_prompts(24, 90, 110, vocab_size, g)
-    initial = SamplingParams(n=6, max_new_tokens=128 // scale, stop_at_eos=False)
-    continuation = SamplingParams(n=2, max_new_tokens=64 // scale, stop_at_eos=False)
-    reencoded = SamplingParams(n=1, max_new_tokens=64 // scale, stop_at_eos=False)
+    initial = SamplingParams(n=6, max_new_tokens=args.new_tokens // scale, stop_at_eos=False)
+    continuation = SamplingParams(n=2, max_new_tokens=args.new_tokens // 2 // scale, stop_at_eos=False)
+    reencoded = SamplingParams(n=1, max_new_tokens=args.new_tokens // 2 // scale, stop_at_eos=False)
     repeated_prefixes = [p for p in prefixes for _ in range(continuation.n)]
 
     folder = None
@@ -120,6 +135,10 @@ def main() -> None:
             lambda s: hf_generate(model, initial_prompts, initial.n, initial.max_new_tokens, s),
             16 * initial.n * initial.max_new_tokens,
         )
+        cases["a'') initial 16x6, DynamicCache"] = (
+            lambda s: with_dynamic_cache(lambda: engine.generate(initial_prompts, initial, seed=s)),
+            16 * initial.n * initial.max_new_tokens,
+        )
     try:
         for fn, _ in cases.values():  # warm-up: first-call allocations, vLLM's kernel JIT
             fn(12345)
@@ -142,6 +161,7 @@ def main() -> None:
     print(f"  prefix reuse vs re-encoding (b/c): {rate[names[1]] / rate[names[2]]:.2f}x")
     if args.engine == "hf":
         print(f"  engine vs HF generate (a/a'):      {rate[names[0]] / rate[names[3]]:.2f}x")
+        print(f"  preallocated vs DynamicCache (a/a''): {rate[names[0]] / rate[names[4]]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -321,3 +321,24 @@ def test_invalid_inputs_raise_attnrl_errors(model):
     with pytest.raises(AttnRLError, match="vocabulary"):
         engine.generate([[1, VOCAB]], SamplingParams(max_new_tokens=4), seed=0)
     assert math.isclose(SamplingParams(temperature=0.0).temperature, 0.0) and SamplingParams(temperature=0).greedy
+
+
+def test_the_preallocated_kv_cache_decodes_bit_for_bit_like_transformers_dynamic_cache(model, monkeypatch):
+    """Rows ending at EOS or their budget at different steps (the cache drops them), prompts fanned
+    out to n samples, micro-batches of 5 rows: the same tokens, log-probs and finished flags."""
+    import attnrl_core.rollout.hf as hf
+
+    eos = HFEngine(model, eos_token_id=None).generate(PROMPTS, SamplingParams(n=1, max_new_tokens=8), seed=3)[0][0].token_ids[2]
+    calls = [
+        dict(params=SamplingParams(n=4, max_new_tokens=20), max_new_tokens=[20, 7, 13]),
+        dict(params=SamplingParams(n=1, temperature=0.0, max_new_tokens=15)),
+    ]
+    outputs = {}
+    for preallocated in (True, False):
+        monkeypatch.setattr(hf, "PREALLOCATED_KV_CACHE", preallocated)
+        engine = HFEngine(model, eos_token_id=eos, max_batch_size=5)
+        outputs[preallocated] = [
+            [[(g.token_ids, g.logprobs, g.finished) for g in row] for row in engine.generate(PROMPTS, seed=11, **call)] for call in calls
+        ]
+    assert outputs[True] == outputs[False]
+    assert any(g[2] for row in outputs[True][0] for g in row)  # some rows stopped early at EOS
