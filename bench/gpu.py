@@ -13,7 +13,8 @@ builds a RANDOM-initialised Qwen2 of DeepSeek-R1-Distill-Qwen-1.5B's shape (28 l
    entropies) against the model's own SDPA forward over the same tokens with its logits turned
    into token log-probs (what a trainer pays anyway): median time and peak GPU memory of each,
    and their ratios.
-2. hf-engine generation (attnrl_core.rollout.hf.HFEngine, temperature 1): generated tokens/s.
+2. hf-engine generation (attnrl_core.rollout.hf.HFEngine, temperature 1): generated tokens/s,
+   with the engine's preallocated KV cache and with transformers' DynamicCache.
 3. One PPO update (attnrl_core.trainer.TorchTrainer: clipped loss, k3 KL to a frozen reference,
    AdamW, length-sorted passes) over mini-batch-sized random samples: median seconds after a
    warm-up update, and peak memory above the weights and the AdamW state.
@@ -45,6 +46,7 @@ from attnrl_core import fci  # noqa: E402
 from attnrl_core import trainer as trainer_module  # noqa: E402
 from attnrl_core.config import OptimConfig, TrainConfig  # noqa: E402
 from attnrl_core.rollout import SamplingParams  # noqa: E402
+from attnrl_core.rollout import hf as hf_engine  # noqa: E402
 from attnrl_core.rollout.hf import HFEngine  # noqa: E402
 from attnrl_core.trainer import PolicySample, TorchTrainer  # noqa: E402
 
@@ -146,13 +148,22 @@ def bench_generation(model, dev: Device, size: dict, vocab: int) -> dict:
     engine = HFEngine(model, eos_token_id=[], pad_token_id=0, max_batch_size=size["gen_prompts"])  # no EOS: every row runs its budget
     params = SamplingParams(n=1, temperature=1.0, max_new_tokens=size["gen_tokens"])
     engine.generate(prompts[:2], SamplingParams(n=1, temperature=1.0, max_new_tokens=4), seed=0)  # warm-up
-    dev.sync()
-    start = time.perf_counter()
-    out = engine.generate(prompts, params, seed=0)
-    dev.sync()
-    seconds = time.perf_counter() - start
-    tokens = sum(len(gen.token_ids) for row in out for gen in row)
-    return {"rows": len(prompts), "new_tokens_per_row": size["gen_tokens"], "seconds": seconds, "tokens_per_s": tokens / seconds}
+    out = {"rows": len(prompts), "new_tokens_per_row": size["gen_tokens"]}
+    # the engine's preallocated KV buffers, then transformers' DynamicCache (torch.cat every step)
+    for name, preallocated in (("preallocated", True), ("dynamic_cache", False)):
+        hf_engine.PREALLOCATED_KV_CACHE = preallocated
+        try:
+            dev.sync()
+            start = time.perf_counter()
+            tokens = sum(len(gen.token_ids) for row in engine.generate(prompts, params, seed=0) for gen in row)
+            dev.sync()
+        finally:
+            hf_engine.PREALLOCATED_KV_CACHE = True
+        seconds = time.perf_counter() - start
+        out[name] = {"seconds": seconds, "tokens_per_s": tokens / seconds}
+    out["tokens_per_s"] = out["preallocated"]["tokens_per_s"]
+    out["speedup_vs_dynamic_cache"] = out["dynamic_cache"]["seconds"] / out["preallocated"]["seconds"]
+    return out
 
 
 def bench_update(model, reference, dev: Device, size: dict, vocab: int) -> dict:
