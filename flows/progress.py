@@ -89,6 +89,7 @@ class TrainProgress(_Display):
         self.line(f"evaluation: objective {100 * accuracy:.1f}%")
 
     def done(self, it: int, metrics: dict[str, float]) -> None:
-        reward, valid = metrics.get("train/reward", float("nan")), metrics.get("batch/valid_token_ratio", float("nan"))
-        self.bar.update(self.task, completed=it, phase="", reward=f"{reward:.2f}", valid=f"{valid:.2f}")
-        self.line(f"iteration {it}/{self.total}: reward {reward:.2f}, valid tokens {valid:.2f}")
+        # the first iteration of the one-step off-policy pipeline only samples: no reward yet
+        reward, valid = (f"{metrics[k]:.2f}" if k in metrics else "-" for k in ("train/reward", "batch/valid_token_ratio"))
+        self.bar.update(self.task, completed=it, phase="", reward=reward, valid=valid)
+        self.line(f"iteration {it}/{self.total}: reward {reward}, valid tokens {valid}")

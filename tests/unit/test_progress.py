@@ -15,12 +15,14 @@ def test_without_a_terminal_progress_is_plain_timestamped_lines(capsys):
         train.evaluating("heldout", 256, 1000, 9000)
         train.evaluated(0.4521)
         train.done(3, {"train/reward": 0.19, "batch/valid_token_ratio": 0.4123})
+        train.done(4, {})
     lines = capsys.readouterr().err.strip().splitlines()
     expected = [
         r"gsm8k: 64/100 problems, \d+ tok/s",  # nothing for a set's start (0 done)
         r"eval heldout: 256/1000 problems, \d+ tok/s",
         r"evaluation: objective 45\.2%",
         r"iteration 3/12: reward 0\.19, valid tokens 0\.41",
+        r"iteration 4/12: reward -, valid tokens -",
     ]
     assert len(lines) == len(expected), lines
     for line, pattern in zip(lines, expected):
