@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a quarter of the new tokens per sample")
+    parser.add_argument("--model", default=None, help="a save_pretrained folder to time instead of the random tiny policy")
+    parser.add_argument("--only", action="append", default=[], help="run only the cases whose label starts with this (a, b, c, a', a''); repeatable")
     parser.add_argument("--new-tokens", type=int, default=128, help="new tokens per initial sample (a); continuations get half")
     parser.add_argument("--max-batch-size", type=int, default=256, help="hf engine micro-batch (rows)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -95,9 +97,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    tokenizer = build_tokenizer(["\n\n", "Compute ", "The answer is \\boxed{"])
-    vocab_size = len(tokenizer)
-    model = tiny_policy(vocab_size, seed=0)
+    if args.model:  # a real model folder (e.g. `make real-model`'s SmolLM2): its weights, random token prompts
+        from attnrl_core.policy import load_policy
+
+        model, tokenizer = load_policy(args.model)
+        model.eval()
+        vocab_size = model.config.vocab_size
+    else:
+        tokenizer = build_tokenizer(["\n\n", "Compute ", "The answer is \\boxed{"])
+        vocab_size = len(tokenizer)
+        model = tiny_policy(vocab_size, seed=0)
     scale = 4 if args.quick else 1
     g = torch.Generator().manual_seed(0)
     initial_prompts = random_prompts(16, 40, 56, vocab_size, g)
@@ -139,6 +148,8 @@ def main() -> None:
             lambda s: with_dynamic_cache(lambda: engine.generate(initial_prompts, initial, seed=s)),
             16 * initial.n * initial.max_new_tokens,
         )
+    if args.only:
+        cases = {name: case for name, case in cases.items() if name.split(" ")[0].rstrip(")") in args.only}
     try:
         for fn, _ in cases.values():  # warm-up: first-call allocations, vLLM's kernel JIT
             fn(12345)
@@ -157,11 +168,10 @@ def main() -> None:
         median = statistics.median(seconds[name])
         rate[name] = tokens / median
         print(f"  {name:32s} {tokens:6d} new tokens  {median:7.3f} s  {rate[name]:9.0f} tok/s")
-    names = list(cases)
-    print(f"  prefix reuse vs re-encoding (b/c): {rate[names[1]] / rate[names[2]]:.2f}x")
-    if args.engine == "hf":
-        print(f"  engine vs HF generate (a/a'):      {rate[names[0]] / rate[names[3]]:.2f}x")
-        print(f"  preallocated vs DynamicCache (a/a''): {rate[names[0]] / rate[names[4]]:.2f}x")
+    by_label = {name.split(" ")[0].rstrip(")"): rate[name] for name in cases}
+    for first, second, what in (("b", "c", "prefix reuse vs re-encoding"), ("a", "a'", "engine vs HF generate"), ("a", "a''", "preallocated vs DynamicCache")):
+        if first in by_label and second in by_label:
+            print(f"  {what} ({first}/{second}): {by_label[first] / by_label[second]:.2f}x")
 
 
 if __name__ == "__main__":
