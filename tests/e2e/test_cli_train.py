@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from flows.run_tracking import SENTINEL
 from tests.support import REPO, assert_same_weights, cli, cli_env, final_weights, mlflow_store, run_metrics, sets
 
 pytestmark = pytest.mark.slow
@@ -23,39 +24,48 @@ def test_kill_9_then_resume_equals_uninterrupted_run(base_uri, tmp_path, prefect
     env = cli_env(uri, prefect_api)
     # the uninterrupted reference runs the same way as the killed one: a fresh CLI process, so
     # nothing this test process did before (other tests, its thread pool) can differ between them
-    started_at = time.monotonic()
     done = cli("train", "--quiet", "--run-name", "reference", *sets(*extra), env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    duration = time.monotonic() - started_at  # kill moments scale with this machine's speed
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("train-test").experiment_id
+
+    def run_named(name: str):
+        found = client.search_runs([experiment], filter_string=f"attributes.run_name = '{name}'")
+        return found[0] if found else None
+
+    def logged_iterations(run) -> list:
+        return [] if run is None else client.get_metric_history(run.info.run_id, SENTINEL)
+
+    # Kill moments are placed by the run's own progress, not by the clock: a kill comes a seeded
+    # random share of one iteration after the attempt logged an iteration of its own, so it lands
+    # mid-rollout, mid-update or mid-checkpoint however fast this attempt runs next to the
+    # reference (timed kills missed when the reference had run under heavier load).
+    stamps = sorted(m.timestamp for m in logged_iterations(run_named("reference")))
+    iteration_s = (stamps[-1] - stamps[0]) / 1000 / (len(stamps) - 1)
     rng = random.Random(7)
     command = ["train", "--quiet", "--run-name", "killed", *sets(*extra)]
     kills = 0
     while True:
+        before = len(logged_iterations(run_named("killed")))
         proc = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", *command], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
-        try:
-            # between a third and nine tenths of a whole run: start-up, then the iterations' phases
-            proc.wait(timeout=rng.uniform(0.35, 0.9) * duration if kills < 3 else 900)
+        if kills < 3:
+            while proc.poll() is None and len(logged_iterations(run_named("killed"))) <= before:
+                time.sleep(0.2)
+            time.sleep(rng.uniform(0.0, 0.9) * iteration_s)
+        if kills >= 3 or proc.poll() is not None:
+            proc.wait(timeout=900)
             break
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        client = mlflow.MlflowClient(uri)
-        started = client.search_runs(
-            [client.get_experiment_by_name("train-test").experiment_id], filter_string="attributes.run_name = 'killed'"
-        )
-        if started:  # killed before the run existed: start it again instead
-            command = ["resume", "killed", "--quiet"]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        command = ["resume", "killed", "--quiet"]
     assert proc.returncode == 0, proc.stderr.read()[-3000:]
     assert kills >= 1
-    client = mlflow.MlflowClient(uri)
-    killed = client.search_runs([client.get_experiment_by_name("train-test").experiment_id], filter_string="attributes.run_name = 'killed'")
+    killed = client.search_runs([experiment], filter_string="attributes.run_name = 'killed'")
     assert len(killed) == 1 and killed[0].info.status == "FINISHED"
-    reference = client.search_runs(
-        [client.get_experiment_by_name("train-test").experiment_id], filter_string="attributes.run_name = 'reference'"
-    )[0]
+    reference = run_named("reference")
 
     def policy_of(run) -> dict:
         return final_weights({"final_policy": Path(run.data.tags["checkpoint_dir"]) / "final_policy"})
