@@ -175,6 +175,18 @@ def test_each_ablation_differs_from_full_attnrl_only_in_its_switches(stem):
     assert {k: v for k, v in mine.items() if full[k] != v} == SWITCHES[stem]
 
 
+def test_pivot_suites_load_and_the_rules_off_suite_only_turns_the_zeroing_rules_off():
+    spec, entries, experiment = load_suite(REPO / "experiments/ablations-pivot/suite.yaml")
+    assert sorted(name for name, _ in entries) == sorted(SWITCHES) and experiment == "ablations-pivot"
+    spec_off, entries_off, experiment_off = load_suite(REPO / "experiments/ablations-pivot/rules-off.yaml")
+    assert [name for name, _ in entries_off] == ["attnrl"] and experiment_off == "ablations-pivot-rules-off"
+    on = flatten(load_config(dict(entries)["attnrl"], spec.overrides))
+    off = flatten(load_config(entries_off[0][1], spec_off.overrides))
+    assert {k: v for k, v in off.items() if on[k] != v} == {
+        "name": "ablations-pivot-rules-off", "fci.zero_first_step": False, "fci.zero_answer_summary": False,
+    }
+
+
 def test_suite_runs_every_ablation_with_three_seeds(tmp_path):
     spec, entries, experiment = load_suite(ABLATIONS / "suite.yaml")
     assert sorted(name for name, _ in entries) == sorted(SWITCHES) and spec.seeds == [0, 1, 2]
