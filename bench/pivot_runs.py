@@ -19,6 +19,7 @@ import sys
 from mlflow.tracking import MlflowClient
 
 from flows import tracking
+from flows.compare.curves import by_group, load_curves
 
 COLUMNS = {
     "pivot hit": "tree/pivot_hit_rate",
@@ -31,33 +32,31 @@ COLUMNS = {
 }
 
 
-def run_means(client: MlflowClient, run_id: str) -> dict[str, float]:
-    means = {}
+def diagnostics(client: MlflowClient, experiment_id: str) -> dict[str, dict[str, list[float]]]:
+    """method / ablation -> column -> each run's mean over its iterations. The runs and their
+    groups are `attnrl compare`'s (finished training runs, sweep trials excluded)."""
+    table: dict[str, dict[str, list[float]]] = {}
     for column, key in COLUMNS.items():
-        values = [m.value for m in client.get_metric_history(run_id, key)]
-        if values:
-            means[column] = statistics.fmean(values)
-    return means
+        for group, curves in by_group(load_curves(client, experiment_id, key)).items():
+            table.setdefault(group, {})[column] = [statistics.fmean(c.points.values()) for c in curves]
+    return table
 
 
 def main(experiments: list[str]) -> None:
-    client = MlflowClient(tracking.resolve_uri())
+    uri = tracking.resolve_uri()
+    client = MlflowClient(uri)
     print(f"| experiment | method / ablation | seeds | {' | '.join(COLUMNS)} |")
     print("|---|---|---|" + "---|" * len(COLUMNS))
     for name in experiments:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            sys.exit(f"no MLflow experiment {name!r} in {tracking.resolve_uri()}")
-        groups: dict[str, list[dict]] = {}
-        for run in client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED' and tags.kind = 'train'", max_results=5000):
-            if "ablation" in run.data.tags:
-                groups.setdefault(run.data.tags["ablation"], []).append(run_means(client, run.info.run_id))
-        for ablation, seeds in sorted(groups.items()):
+            sys.exit(f"no MLflow experiment {name!r} in {uri}")
+        for group, columns in sorted(diagnostics(client, experiment.experiment_id).items()):
             cells = []
             for column in COLUMNS:
-                values = [100 * s[column] for s in seeds if column in s]
+                values = [100 * v for v in columns.get(column, [])]
                 cells.append(f"{statistics.fmean(values):.1f} [{min(values):.1f}, {max(values):.1f}]" if values else "-")
-            print(f"| {name} | {ablation} | {len(seeds)} | {' | '.join(cells)} |")
+            print(f"| {name} | {group} | {max(map(len, columns.values()))} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

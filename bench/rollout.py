@@ -83,6 +83,11 @@ def with_dynamic_cache(fn):
         hf.PREALLOCATED_KV_CACHE = True
 
 
+def label(case: str) -> str:
+    """A case's short label: "a'') initial 16x6, DynamicCache" -> "a''" (what --only names)."""
+    return case.split(" ")[0].rstrip(")")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
@@ -149,7 +154,7 @@ def main() -> None:
             16 * initial.n * initial.max_new_tokens,
         )
     if args.only:
-        cases = {name: case for name, case in cases.items() if name.split(" ")[0].rstrip(")") in args.only}
+        cases = {name: case for name, case in cases.items() if label(name) in args.only}
     try:
         for fn, _ in cases.values():  # warm-up: first-call allocations, vLLM's kernel JIT
             fn(12345)
@@ -168,7 +173,7 @@ def main() -> None:
         median = statistics.median(seconds[name])
         rate[name] = tokens / median
         print(f"  {name:32s} {tokens:6d} new tokens  {median:7.3f} s  {rate[name]:9.0f} tok/s")
-    by_label = {name.split(" ")[0].rstrip(")"): rate[name] for name in cases}
+    by_label = {label(name): rate[name] for name in cases}
     for first, second, what in (("b", "c", "prefix reuse vs re-encoding"), ("a", "a'", "engine vs HF generate"), ("a", "a''", "preallocated vs DynamicCache")):
         if first in by_label and second in by_label:
             print(f"  {what} ({first}/{second}): {by_label[first] / by_label[second]:.2f}x")
